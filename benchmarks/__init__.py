@@ -1,0 +1,1 @@
+"""shiftbench: transforms, metrics, evaluator and entry points."""

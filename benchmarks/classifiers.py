@@ -1,0 +1,92 @@
+"""A classifier for the evaluator: a registry model with its variables.
+
+Variables come from a training checkpoint (`--checkpoint`, a directory written by
+`benchmarks.train`), from Keras HDF5 weights (`--weights`, the paper's ImageNet models), or
+from a seeded random initialisation (a smoke test of the pipeline, never a result: the run's
+config records which).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from models import registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+    """A model and its variables.
+
+    Attributes:
+      model: flax module, `model.apply(variables, x, train=False) -> (logits, features)`.
+      variables: its variables.
+      source: where the variables came from ('checkpoint:DIR', 'keras:PATH', 'random-init').
+    """
+
+    model: nn.Module
+    variables: Any
+    source: str
+
+    def logits(self, variables: Any, images: jax.Array) -> jax.Array:
+        """`apply_fn(variables, images [N, H, W, C] in [0, 1]) -> logits [N, K]` for the evaluator."""
+        return self.model.apply(variables, images, train=False)[0]
+
+
+def build_model(name: str, num_classes: int, **switch: Any) -> nn.Module:
+    """`models.registry.build` with the subsampling switch fields that are not None."""
+    from models.keras_weights import KERAS_MODELS
+
+    fields = {k: v for k, v in switch.items() if v is not None}
+    if name in KERAS_MODELS:
+        if num_classes != 1000:
+            raise ValueError(
+                f"--model={name} has Keras' 1000 ImageNet classes; the dataset has {num_classes}."
+            )
+        return registry.build(name, **fields)
+    return registry.build(name, num_classes=num_classes, **fields)
+
+
+def load(
+    name: str,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    *,
+    checkpoint: str | None = None,
+    weights: str | None = None,
+    seed: int = 0,
+    **switch: Any,
+) -> Classifier:
+    """Builds model `name` and loads its variables.
+
+    Args:
+      name: a `models.registry` name.
+      num_classes: classes of the dataset.
+      input_shape: (H, W, C) of the images the model will see.
+      checkpoint: training directory of `benchmarks.train` (latest checkpoint).
+      weights: Keras HDF5 weights ('imagenet' or a path) for the Keras models.
+      seed: seed of the random initialisation when neither is given.
+      **switch: stride_mode, blur_size, full_stages, padding (None = the model's default).
+
+    Returns:
+      A `Classifier`.
+    """
+    if checkpoint and weights:
+        raise ValueError("give --checkpoint or --weights, not both.")
+    model = build_model(name, num_classes, **switch)
+    if weights:
+        from models import keras_weights
+
+        variables = keras_weights.load_keras_weights(name, weights, image_size=input_shape[0])
+        return Classifier(model, variables, f"keras:{weights}")
+    if checkpoint:
+        from benchmarks import train
+
+        variables = train.restore_variables(checkpoint, model, input_shape)
+        return Classifier(model, variables, f"checkpoint:{checkpoint}")
+    variables = model.init(jax.random.key(seed), jnp.zeros((1, *input_shape)), train=False)
+    return Classifier(model, variables, "random-init")

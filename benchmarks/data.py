@@ -1,0 +1,280 @@
+"""Datasets: TFDS random-access sources, the embedded default, batching, per-host slices.
+
+Every image leaves this module as float32 in [0, 1], NHWC, labels as int32. TFDS datasets are
+read through `tfds.data_source` (ArrayRecord files, no TensorFlow needed); nothing is ever
+downloaded from here: a dataset that is not prepared in `data_dir` is a `DataError` that names
+the directory searched.
+
+The embedded default, `digits`, is the 1,797 real handwritten digits (8x8, 0..16) bundled with
+scikit-learn, upscaled to 20x20 and centred on a 32x32 black canvas (as MNIST centres a 20x20
+box in 28x28): real images that need no download. Split 'train' is the first 80%, 'test' the
+rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+EMBEDDED = ("digits",)
+DIGITS_CANVAS = 32
+DIGITS_SIZE = 20
+
+
+class DataError(ValueError):
+    """A dataset, split or data_dir that cannot be read; the message names what was searched."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A random-access image-classification dataset.
+
+    Attributes:
+      name: dataset name (TFDS name or an embedded name).
+      split: split string as given (TFDS slicing such as 'test[:80%]' honoured).
+      source: sequence of examples; `source[i]` is a dict with `image_key` and `label_key`.
+      num_classes: number of classes.
+      image_key: feature name of the image.
+      label_key: feature name of the label.
+    """
+
+    name: str
+    split: str
+    source: Sequence[dict]
+    num_classes: int
+    image_key: str = "image"
+    label_key: str = "label"
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+
+def _digits_images() -> tuple[np.ndarray, np.ndarray]:
+    """The scikit-learn digits on a 32x32 canvas: float32 [1797, 32, 32, 1] in [0,1], int32 [1797]."""
+    from scipy import ndimage
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    small = digits.images.astype(np.float32) / 16.0  # [N, 8, 8]
+    zoom = DIGITS_SIZE / small.shape[1]
+    big = np.stack([np.clip(ndimage.zoom(im, zoom, order=1), 0.0, 1.0) for im in small])
+    canvas = np.zeros((len(big), DIGITS_CANVAS, DIGITS_CANVAS, 1), np.float32)
+    o = (DIGITS_CANVAS - DIGITS_SIZE) // 2
+    canvas[:, o : o + DIGITS_SIZE, o : o + DIGITS_SIZE, 0] = big
+    return canvas, digits.target.astype(np.int32)
+
+
+class _ArraySource(Sequence):
+    """A Sequence of {'image', 'label'} dicts over in-memory arrays."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self._images, self._labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __getitem__(self, i):
+        return {"image": self._images[i], "label": self._labels[i]}
+
+
+def _slice_embedded(n: int, split: str) -> slice:
+    """Resolves 'train' (first 80%), 'test' (last 20%) with optional TFDS slicing of either."""
+    import types
+    import tensorflow_datasets as tfds
+
+    train = int(round(0.8 * n))
+    bounds = {"train": (0, train), "test": (train, n)}
+    base = split.split("[")[0]
+    if base not in bounds:
+        raise DataError(
+            f"--split={split!r}: the embedded dataset has splits 'train' (first 80% "
+            "of the 1,797 digits) and 'test' (the rest), e.g. 'train[:50%]'."
+        )
+    lo, hi = bounds[base]
+    info = {base: types.SimpleNamespace(num_examples=hi - lo)}
+    try:
+        (instr,) = tfds.core.ReadInstruction.from_spec(split).to_absolute(info)
+    except (ValueError, AssertionError) as e:
+        raise DataError(f"--split={split!r}: {e}") from None
+    n_split = hi - lo
+    return slice(lo + (instr.from_ or 0), lo + (n_split if instr.to is None else instr.to))
+
+
+def open_dataset(name: str, split: str, data_dir: str | None = None) -> Dataset:
+    """Opens a dataset for random access.
+
+    Args:
+      name: 'digits' (embedded, no download) or any TFDS image-classification dataset name
+        ('mnist', 'cifar10', 'imagenette', 'imagenet2012', ...), optionally 'name:version'.
+      split: split with optional TFDS slicing, e.g. 'test', 'test[:80%]', 'validation[10:20]'.
+      data_dir: TFDS data directory (None = TFDS default, ~/tensorflow_datasets).
+
+    Returns:
+      A `Dataset`.
+
+    Raises:
+      DataError: unknown dataset, missing data_dir, dataset not prepared there, unknown split.
+    """
+    if name in EMBEDDED:
+        images, labels = _digits_images()
+        sl = _slice_embedded(len(labels), split)
+        return Dataset(name, split, _ArraySource(images[sl], labels[sl]), num_classes=10)
+    import tensorflow_datasets as tfds
+
+    searched = os.path.expanduser(
+        data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+    )
+    try:
+        builder = tfds.builder(name, data_dir=searched)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(
+            f"--dataset={name!r} is not a TFDS dataset name (or 'digits', the embedded one)."
+        ) from None
+    try:
+        source = builder.as_data_source(split=split)
+    except (ValueError, KeyError, NotImplementedError, FileNotFoundError, AssertionError) as e:
+        if not os.path.isdir(searched):
+            raise DataError(
+                f"--data_dir={searched!r} does not exist (looking for dataset {name!r})."
+            ) from None
+        if not builder.is_prepared():
+            raise DataError(
+                f"--dataset={name!r} is not prepared in --data_dir={searched!r} (it holds "
+                f"{sorted(os.listdir(searched))}). Prepare it there first (tfds build "
+                "--file_format=array_record), or use --dataset=digits."
+            ) from None
+        first = str(e).strip().splitlines()[0]
+        raise DataError(
+            f"--dataset={name!r} --split={split!r} in --data_dir={searched!r}: {first}"
+        ) from None
+    features = builder.info.features
+    image_key = (
+        "image"
+        if "image" in features
+        else next((k for k in features if type(features[k]).__name__ == "Image"), None)
+    )
+    label_key = (
+        "label"
+        if "label" in features
+        else next((k for k in features if type(features[k]).__name__ == "ClassLabel"), None)
+    )
+    if image_key is None or label_key is None:
+        raise DataError(
+            f"--dataset={name!r} has no image and class-label features "
+            f"(features: {list(features)})."
+        )
+    return Dataset(name, split, source, features[label_key].num_classes, image_key, label_key)
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+    """uint8 [..., H, W, C] in 0..255 (or floats already in [0,1]) -> float32 in [0, 1]."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255.0
+    return images.astype(np.float32)
+
+
+def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """Resizes the shorter side to `size` (bilinear, antialiased) and centre-crops size x size.
+
+    Args:
+      image: [H, W, C] uint8 or float.
+      size: output side in pixels.
+
+    Returns:
+      float32 [size, size, C] in [0, 1].
+    """
+    from PIL import Image
+
+    image = np.asarray(image)
+    h, w = image.shape[:2]
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    if image.dtype != np.uint8:
+        image = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+    squeeze = image.shape[-1] == 1
+    pil = Image.fromarray(image[..., 0] if squeeze else image).resize((nw, nh), Image.BILINEAR)
+    out = np.asarray(pil)
+    out = out[..., None] if squeeze else out
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return to_float(out[top : top + size, left : left + size])
+
+
+def _example(dataset: Dataset, i: int, image_size: int | None) -> tuple[np.ndarray, int]:
+    ex = dataset.source[i]
+    image = np.asarray(ex[dataset.image_key])
+    image = resize_center_crop(image, image_size) if image_size else to_float(image)
+    return image, int(ex[dataset.label_key])
+
+
+def load_arrays(
+    dataset: Dataset, num_images: int | None = None, image_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reads the first `num_images` examples into memory.
+
+    Returns:
+      images float32 [N, H, W, C] in [0, 1] and labels int32 [N].
+    """
+    n = len(dataset) if num_images is None else min(num_images, len(dataset))
+    pairs = [_example(dataset, i, image_size) for i in range(n)]
+    return (
+        np.stack([p[0] for p in pairs]).astype(np.float32),
+        np.asarray([p[1] for p in pairs], np.int32),
+    )
+
+
+def example_shape(dataset: Dataset, image_size: int | None = None) -> tuple[int, int, int]:
+    """(H, W, C) of the dataset's images as `iterate_batches` yields them."""
+    if not len(dataset):
+        raise DataError(f"--split={dataset.split!r} of --dataset={dataset.name!r} is empty.")
+    return _example(dataset, 0, image_size)[0].shape
+
+
+def iterate_batches(
+    dataset: Dataset,
+    batch_size: int,
+    num_images: int | None = None,
+    image_size: int | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+    start_batch: int = 0,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yields this host's part of each global batch, in dataset order.
+
+    Global batch b covers examples [b*batch_size, (b+1)*batch_size); host p yields the p-th of
+    `process_count` equal slices of it (the last global batch may be short; hosts then yield
+    short or empty slices, which the evaluator pads).
+
+    Args:
+      dataset: an opened `Dataset`.
+      batch_size: global batch size (divisible by process_count).
+      num_images: stop after this many examples (None = the whole split).
+      image_size: resize shorter side + centre crop to this size (None = keep the stored size,
+        which must then be the same for every image).
+      process_index, process_count: this host and the number of hosts.
+      start_batch: first global batch to yield (resuming an interrupted evaluation).
+
+    Yields:
+      (images float32 [b, H, W, C], labels int32 [b]) with b <= batch_size // process_count.
+    """
+    if batch_size % process_count:
+        raise ValueError(
+            f"batch_size={batch_size} is not divisible by the process count {process_count}."
+        )
+    n = len(dataset) if num_images is None else min(num_images, len(dataset))
+    local = batch_size // process_count
+    shape = _example(dataset, 0, image_size)[0].shape if n else (0, 0, 0)
+    for start in range(start_batch * batch_size, n, batch_size):
+        lo = min(start + process_index * local, n)
+        hi = min(lo + local, n, start + batch_size)
+        pairs = [_example(dataset, i, image_size) for i in range(lo, hi)]
+        if pairs:
+            yield (
+                np.stack([p[0] for p in pairs]).astype(np.float32),
+                np.asarray([p[1] for p in pairs], np.int32),
+            )
+        else:
+            yield np.zeros((0, *shape), np.float32), np.zeros((0,), np.int32)

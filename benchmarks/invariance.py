@@ -1,0 +1,146 @@
+"""Evaluates one model on one dataset under one transformation sweep.
+
+    python -m benchmarks.invariance --model=resnet20 --checkpoint=runs/ablation/... \
+        --dataset=cifar10 --data_dir=../shared/data/tfds --split='test[80%:]' \
+        --transform=crop --max_shift=4
+
+Writes to --output_dir: results.json (config, metrics, versions, wall_time_s), per_param.csv
+(accuracy and true-class probability per sweep parameter, P(top-1 change) to the next one),
+sweep.png (accuracy and P(top-1 change) against the shift) and curves.png (true-class
+probability of a few images, Azulay Fig. 1). An interrupted run started again with the same
+flags resumes after its last saved batch (eval_state.pkl).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import numpy as np
+from absl import flags, logging
+
+from benchmarks import classifiers, data, evaluate, report
+from benchmarks import flags as sb_flags
+
+FLAGS = flags.FLAGS
+
+sb_flags.define_data_flags()
+sb_flags.define_protocol_flags()
+sb_flags.define_eval_flags()
+sb_flags.define_model_flags()
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise sb_flags.FlagError(f"unexpected arguments {argv[1:]}.")
+    if FLAGS.multihost:
+        jax.distributed.initialize()
+    sb_flags.check_batch_size(FLAGS.batch_size)
+    start = time.perf_counter()
+    dataset = data.open_dataset(FLAGS.dataset, FLAGS.split, FLAGS.data_dir)
+    image_shape = data.example_shape(dataset, FLAGS.image_size)
+    protocol = sb_flags.protocol_from_flags(image_shape)
+    classifier = sb_flags.classifier_from_flags(dataset.num_classes, protocol.output_shape)
+    config = evaluate.EvalConfig(
+        chunk_size=FLAGS.chunk_size,
+        flip_distance=FLAGS.flip_distance,
+        num_pairs=FLAGS.num_pairs,
+        worst_of_k=FLAGS.worst_of_k,
+        seed=FLAGS.seed,
+    )
+    evaluator = evaluate.Evaluator(
+        classifier.logits, protocol.transform, FLAGS.batch_size, config, classifier.variables
+    )
+    n = len(dataset) if FLAGS.num_images is None else min(FLAGS.num_images, len(dataset))
+
+    def batches_from(start_batch: int):
+        return data.iterate_batches(
+            dataset,
+            FLAGS.batch_size,
+            n,
+            FLAGS.image_size,
+            jax.process_index(),
+            jax.process_count(),
+            start_batch=start_batch,
+        )
+
+    logging.info(
+        "%s (%s) on %d images of %s[%s], %s sweep of %d parameters",
+        FLAGS.model,
+        classifier.source,
+        n,
+        FLAGS.dataset,
+        FLAGS.split,
+        FLAGS.transform,
+        len(protocol.params),
+    )
+    result = evaluator.run(
+        batches_from,
+        protocol.params,
+        protocol.reference_index,
+        state_path=os.path.join(FLAGS.output_dir, "eval_state.pkl"),
+        total_batches=-(-n // FLAGS.batch_size),
+    )
+    if report.is_writer():
+        write_results(FLAGS.output_dir, protocol, classifier, result, time.perf_counter() - start)
+
+
+def write_results(output_dir, protocol, classifier, result, wall_time_s) -> None:
+    """results.json, per_param.csv, sweep.png and curves.png of one evaluation."""
+    config = sb_flags.flag_values()
+    config["weights_source"] = classifier.source
+    record = {
+        "config": config,
+        "metrics": result.metrics,
+        "stderr": result.stderr,
+        "per_param": {
+            "x": protocol.x,
+            "params": protocol.params,
+            "accuracy": result.accuracy_per_param,
+            "label_prob": result.label_prob_per_param,
+            "p_top1_change_to_next": result.flip_rate_per_pair,
+        },
+        "num_images": result.num_images,
+        "compile_count": result.compile_count,
+        "versions": report.versions(),
+        "wall_time_s": wall_time_s,
+        "eval_time_s": result.wall_time_s,
+    }
+    report.write_json(os.path.join(output_dir, "results.json"), record)
+    flips = np.append(result.flip_rate_per_pair, np.nan)
+    rows = [
+        {
+            "index": i,
+            "x": float(protocol.x[i]),
+            "param": " ".join(f"{v:g}" for v in protocol.params[i]),
+            "accuracy": float(result.accuracy_per_param[i]),
+            "label_prob": float(result.label_prob_per_param[i]),
+            "p_top1_change_to_next": float(flips[i]),
+        }
+        for i in range(len(protocol.x))
+    ]
+    report.write_csv(os.path.join(output_dir, "per_param.csv"), rows)
+    title = f"{config['model']} on {config['dataset']}: {protocol.name}"
+    report.plot_sweep(
+        os.path.join(output_dir, "sweep.png"),
+        protocol.x,
+        protocol.xlabel,
+        result.accuracy_per_param,
+        result.flip_rate_per_pair,
+        title,
+    )
+    report.plot_curves(
+        os.path.join(output_dir, "curves.png"),
+        protocol.x,
+        protocol.xlabel,
+        {config["model"]: result.curves},
+        title,
+    )
+    summary = {k: round(v, 4) for k, v in result.metrics.items()}
+    logging.info("wrote %s: %s", output_dir, summary)
+    print(report.markdown_table([summary], list(summary)))
+
+
+if __name__ == "__main__":
+    sb_flags.run_main(main)

@@ -1,0 +1,209 @@
+"""Writers of results: one JSON record per run, CSV tables, PNG plots, markdown tables.
+
+Only process 0 of a multi-host run writes (`is_writer`); every writer is atomic (temporary file
+then rename), so an interrupted run never leaves a half-written result behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def is_writer() -> bool:
+    """True on the process that writes files (process 0)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, the numeric stack and the devices the run used."""
+    import importlib.metadata as md
+
+    import jax
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in (
+        "shiftbench",
+        "jax",
+        "jaxlib",
+        "flax",
+        "optax",
+        "numpy",
+        "tensorflow-datasets",
+        "orbax-checkpoint",
+    ):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    out["devices"] = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+    out["process_count"] = str(jax.process_count())
+    return out
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def _atomic_write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, record: Mapping[str, Any]) -> None:
+    """Writes `record` (numpy values converted) as indented JSON."""
+    _atomic_write(path, json.dumps(_jsonable(record), indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    """The JSON at `path`, or None when there is none."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Writes rows (dicts with the same keys, in order) as CSV with a header."""
+    if not rows:
+        raise ValueError(f"no rows to write to {path}.")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _jsonable(v) for k, v in row.items()})
+    _atomic_write(path, buf.getvalue())
+
+
+def markdown_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], digits: int = 4
+) -> str:
+    """A GitHub markdown table of `columns` of `rows`; floats rounded to `digits`."""
+    fmt = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+    _pyplot().close(fig)
+
+
+def plot_sweep(
+    path: str,
+    x: np.ndarray,
+    xlabel: str,
+    accuracy: np.ndarray,
+    flip_rate: np.ndarray,
+    title: str = "",
+) -> None:
+    """PNG of accuracy per parameter [T] and P(top-1 change) per adjacent pair [T-1] vs `x` [T]."""
+    plt = _pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.plot(x, accuracy, "o-")
+    a.set(xlabel=xlabel, ylabel="top-1 accuracy", title="accuracy per parameter")
+    b.plot((x[1:] + x[:-1]) / 2, flip_rate, "o-", color="C3")
+    b.set(
+        xlabel=xlabel + " (between neighbours)",
+        ylabel="P(top-1 change)",
+        title="P(top-1 change) of neighbouring parameters",
+    )
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_curves(
+    path: str, x: np.ndarray, xlabel: str, curves: Mapping[str, np.ndarray], title: str = ""
+) -> None:
+    """PNG of true-class probability vs parameter; `curves`: legend -> [T, n] for n images."""
+    plt = _pyplot()
+    n = max(c.shape[1] for c in curves.values())
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.6), squeeze=False, sharey=True)
+    for j, ax in enumerate(axes[0]):
+        for i, (name, c) in enumerate(curves.items()):
+            if j < c.shape[1]:
+                ax.plot(x, c[:, j], color=f"C{i}", label=name)
+        ax.set(xlabel=xlabel, ylim=(-0.02, 1.02), title=f"image {j}")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("P(true class)")
+    axes[0, -1].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_bars(
+    path: str,
+    names: Sequence[str],
+    values: Mapping[str, Sequence[float]],
+    errors: Mapping[str, Sequence[float]] | None = None,
+    title: str = "",
+) -> None:
+    """PNG with one bar panel per metric; `values`: metric -> one value per name."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(values), figsize=(3.2 * len(values), 3.2), squeeze=False)
+    for ax, (metric, vals) in zip(axes[0], values.items()):
+        err = None if errors is None else errors.get(metric)
+        ax.bar(range(len(names)), vals, yerr=err, color=[f"C{i}" for i in range(len(names))])
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(metric, fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_lines(
+    path: str,
+    x: Sequence,
+    xlabel: str,
+    series: Mapping[str, Sequence[float]],
+    ylabel: str,
+    title: str = "",
+) -> None:
+    """PNG of several named series against a shared x (e.g. a metric against depth)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for i, (name, ys) in enumerate(series.items()):
+        ax.plot(x, ys, "o-", color=f"C{i}", label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -1,0 +1,1 @@
+"""shiftbench models: flax CNNs whose subsampling is a switch."""

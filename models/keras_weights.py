@@ -1,0 +1,270 @@
+"""Keras Applications ImageNet weights (HDF5) -> flax variables of the ports in models/.
+
+Two file formats are read, both with h5py:
+
+- legacy (the files Keras distributes for weights='imagenet', and Keras 2 `save_weights`):
+  root attr 'layer_names' lists the layers; group <layer> has attr 'weight_names', each a
+  path inside that group to one array ('conv1_conv/kernel:0').
+- Keras 3 `model.save_weights('x.weights.h5')`: group 'layers/<class_name>[_k]/vars' whose attr
+  'name' is the layer's name and whose datasets '0', '1', ... are its variables in order.
+
+Either way a layer's arrays come in Keras' variable order: Conv2D / Dense (kernel, bias),
+BatchNormalization (gamma, beta, moving_mean, moving_variance; no gamma when scale=False).
+Kernels are HWIO / [in, out], the same layout as flax `nn.Conv` / `nn.Dense`.
+
+The ports name every Keras layer that holds weights exactly as Keras does, so that
+variables['params'][<keras layer name>] holds its kernel/bias/scale and
+variables['batch_stats'][<keras layer name>] its moving mean/var. Keras numbers layers it
+names itself (InceptionResNetV2's conv2d_bn units) per class in creation order, from a
+session-dependent start ('conv2d_1' in Keras 2, 'conv2d' then 'conv2d_1' in Keras 3, higher
+if other models were built first). Both sides are therefore compared in a canonical form:
+those automatic names renumbered 1, 2, ... per class in the order of their suffix.
+"""
+
+import hashlib
+import os
+import re
+import tempfile
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import flax.linen as nn
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models.inception_resnet_v2 import InceptionResNetV2
+from models.resnet import ResNet50
+from models.vgg import VGG16
+
+KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
+CACHE_ENV = "SHIFTBENCH_CACHE"
+
+_AUTO_NAME = re.compile(r"^(conv2d|batch_normalization|dense)(?:_(\d+))?$")
+
+
+@dataclass(frozen=True)
+class KerasModel:
+    """A Keras Applications model ported to flax: its class, input size and ImageNet file."""
+
+    module: type[nn.Module]
+    image_size: int  # pixels, square input of the ImageNet weights
+    file: str  # path below KERAS_WEIGHTS_URL ('tf_dim_ordering_tf_kernels', with top)
+    md5: str  # Keras' file_hash for it
+
+
+KERAS_MODELS = {
+    "vgg16": KerasModel(
+        VGG16, 224, "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+        "64373286793e3c8b2b4e3219cbf3544b"),
+    "resnet50": KerasModel(
+        ResNet50, 224, "resnet/resnet50_weights_tf_dim_ordering_tf_kernels.h5",
+        "2cb95161c43110f7111970584f804107"),
+    "inception_resnet_v2": KerasModel(
+        InceptionResNetV2, 299,
+        "inception_resnet_v2/inception_resnet_v2_weights_tf_dim_ordering_tf_kernels.h5",
+        "e693bd0210a403b3192acc6073ad2e96"),
+}
+
+
+def canonical_layer_names(names: list[str]) -> dict[str, str]:
+    """Map layer names to their canonical form (see module docstring).
+
+    Args:
+      names: layer names of one model, e.g. ['conv2d', 'conv2d_1', 'block35_1_conv'].
+
+    Returns:
+      name -> canonical name; Keras' automatic names renumbered from 1 per class in suffix
+      order ('conv2d' -> 'conv2d_1', 'conv2d_1' -> 'conv2d_2'), other names unchanged.
+    """
+    auto: dict[str, list[tuple[int, str]]] = {}
+    for name in names:
+        match = _AUTO_NAME.match(name)
+        if match:
+            auto.setdefault(match[1], []).append((int(match[2] or 0), name))
+    canonical = {name: name for name in names}
+    for prefix, numbered in auto.items():
+        for rank, (_, name) in enumerate(sorted(numbered), start=1):
+            canonical[name] = f"{prefix}_{rank}"
+    return canonical
+
+
+def _legacy_layers(group: h5py.Group) -> dict[str, list[np.ndarray]]:
+    layers = {}
+    for name in group.attrs["layer_names"]:
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        layer = group[name]
+        weight_names = [w.decode() if isinstance(w, bytes) else str(w)
+                        for w in layer.attrs.get("weight_names", [])]
+        if weight_names:
+            layers[name] = [np.asarray(layer[w]) for w in weight_names]
+    return layers
+
+
+def _keras3_layers(group: h5py.Group) -> dict[str, list[np.ndarray]]:
+    layers = {}
+    for layer in group.values():
+        variables = layer["vars"]
+        if len(variables):
+            name = variables.attrs["name"]
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            layers[name] = [np.asarray(variables[str(i)]) for i in range(len(variables))]
+    return layers
+
+
+def read_keras_h5(path: str) -> dict[str, list[np.ndarray]]:
+    """Read the weights of every layer in a Keras HDF5 weights file (either format).
+
+    Args:
+      path: a legacy Keras weights file ('*_tf_kernels.h5', or a full-model .h5 with a
+        'model_weights' group) or a Keras 3 '*.weights.h5' file.
+
+    Returns:
+      layer name -> its arrays in Keras variable order; layers without weights left out.
+
+    Raises:
+      ValueError: the file is missing, not HDF5, or in neither format.
+    """
+    try:
+        with h5py.File(path, "r") as f:
+            group = f["model_weights"] if "model_weights" in f else f
+            if "layer_names" in group.attrs:
+                return _legacy_layers(group)
+            if "layers" in group:
+                return _keras3_layers(group["layers"])
+    except OSError as error:
+        raise ValueError(f"weights file {path!r} cannot be read as HDF5: {error}") from error
+    raise ValueError(
+        f"weights file {path!r} is not a Keras weights file: it has neither a 'layer_names' "
+        "attribute (legacy format) nor a 'layers' group (Keras 3 .weights.h5)")
+
+
+def _keras_order(name: str, template: Mapping) -> list[tuple[str, str]]:
+    """(collection, variable) pairs of one layer in Keras' variable order."""
+    params = template["params"].get(name, {})
+    if name in template.get("batch_stats", {}):
+        return ([("params", v) for v in ("scale", "bias") if v in params]
+                + [("batch_stats", "mean"), ("batch_stats", "var")])
+    return [("params", v) for v in ("kernel", "bias") if v in params]
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def keras_to_flax(layers: Mapping[str, list[np.ndarray]], template: Mapping,
+                  source: str = "weights file") -> dict:
+    """Place Keras layer weights into a flax variables tree of the same model.
+
+    Args:
+      layers: layer name -> arrays in Keras variable order (as `read_keras_h5` returns).
+      template: the port's variables (arrays or jax.ShapeDtypeStruct), {'params': {layer:
+        {...}}, 'batch_stats': {layer: {...}}}, keyed by Keras layer names.
+      source: how to name the weights in error messages (e.g. the file path).
+
+    Returns:
+      variables with the template's structure, float32 jax arrays from `layers`.
+
+    Raises:
+      ValueError: naming the first layer (in natural name order) that is missing from
+        `layers`, has a different number of arrays, or an array of another shape (expected vs
+        found); or listing layers of `layers` that the model does not have.
+    """
+    found = {canonical: layers[name]
+             for name, canonical in canonical_layer_names(list(layers)).items()}
+    model_layers = sorted(canonical_layer_names(
+        list({**template["params"], **template.get("batch_stats", {})})).values(),
+        key=_natural_key)
+    variables: dict = {collection: {} for collection in template}
+    for name in model_layers:
+        order = _keras_order(name, template)
+        if name not in found:
+            raise ValueError(f"{source} does not fit: it has no weights for layer {name!r}")
+        if len(found[name]) != len(order):
+            raise ValueError(
+                f"{source} does not fit at layer {name!r}: expected {len(order)} arrays "
+                f"({', '.join(v for _, v in order)}), found {len(found[name])}")
+        for (collection, var), array in zip(order, found[name]):
+            expected = tuple(template[collection][name][var].shape)
+            if tuple(array.shape) != expected:
+                raise ValueError(
+                    f"{source} does not fit at layer {name!r}, {var}: expected shape "
+                    f"{expected}, found {tuple(array.shape)}")
+            variables[collection].setdefault(name, {})[var] = jnp.asarray(array, jnp.float32)
+    extra = sorted(set(found) - set(model_layers), key=_natural_key)
+    if extra:
+        raise ValueError(f"{source} does not fit: layers the model does not have: {extra}")
+    return variables
+
+
+def imagenet_weights_path(model_name: str) -> str:
+    """Local path of Keras' ImageNet weights for `model_name`, downloading them if needed.
+
+    The file is cached in $SHIFTBENCH_CACHE (default ~/.cache/shiftbench) and checked
+    against Keras' md5.
+
+    Args:
+      model_name: a key of KERAS_MODELS.
+
+    Returns:
+      path of the cached '<model>_weights_tf_dim_ordering_tf_kernels.h5'.
+
+    Raises:
+      ValueError: unknown model_name, download failure (offline) or md5 mismatch.
+    """
+    if model_name not in KERAS_MODELS:
+        raise ValueError(f"model_name must be one of {sorted(KERAS_MODELS)}, got {model_name!r}")
+    spec = KERAS_MODELS[model_name]
+    cache = os.environ.get(CACHE_ENV) or os.path.expanduser("~/.cache/shiftbench")
+    path = os.path.join(cache, os.path.basename(spec.file))
+    if os.path.exists(path):
+        return path
+    os.makedirs(cache, exist_ok=True)
+    url = KERAS_WEIGHTS_URL + spec.file
+    with tempfile.NamedTemporaryFile(dir=cache, delete=False) as partial:
+        try:
+            with urllib.request.urlopen(url) as response:
+                md5 = hashlib.md5()
+                while chunk := response.read(1 << 20):
+                    md5.update(chunk)
+                    partial.write(chunk)
+        except OSError as error:
+            os.unlink(partial.name)
+            raise ValueError(f"cannot download {url} (offline? pass --weights=PATH to a "
+                             f"local copy): {error}") from error
+    if md5.hexdigest() != spec.md5:
+        os.unlink(partial.name)
+        raise ValueError(f"{url} downloaded with md5 {md5.hexdigest()}, expected {spec.md5}")
+    os.replace(partial.name, path)
+    return path
+
+
+def load_keras_weights(model_name: str, weights: str, image_size: int | None = None) -> dict:
+    """Flax variables for a port in models/ from Keras Applications weights.
+
+    The variables fit every subsampling variant of the model (same parameter tree).
+
+    Args:
+      model_name: 'vgg16', 'resnet50' or 'inception_resnet_v2'.
+      weights: 'imagenet' (Keras' ImageNet file, downloaded into the cache) or the path of a
+        Keras HDF5 weights file (legacy or Keras 3 .weights.h5) for the model with its top.
+      image_size: input size (pixels) the weights were made for; only VGG16's fully
+        connected head depends on it. Default: the model's ImageNet size (224, 224, 299).
+
+    Returns:
+      {'params': ..., 'batch_stats': ...} (VGG16 has no 'batch_stats'), float32.
+
+    Raises:
+      ValueError: unknown model_name, unreadable file, or a file that does not fit the
+        model (naming the first layer that does not, expected vs found shape).
+    """
+    if model_name not in KERAS_MODELS:
+        raise ValueError(f"model_name must be one of {sorted(KERAS_MODELS)}, got {model_name!r}")
+    spec = KERAS_MODELS[model_name]
+    path = imagenet_weights_path(model_name) if weights == "imagenet" else weights
+    size = spec.image_size if image_size is None else image_size
+    template = jax.eval_shape(spec.module().init, jax.random.key(0),
+                              jnp.zeros((1, size, size, 3), jnp.float32))
+    return keras_to_flax(read_keras_h5(path), template, source=f"weights file {path!r}")

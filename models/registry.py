@@ -1,0 +1,47 @@
+"""Model names -> constructors, so entry points take --model=NAME.
+
+    MODELS: dict[str, Callable[..., nn.Module]]   name -> constructor (a functools.partial)
+    build(name, **fields) -> nn.Module             MODELS[name](**fields); ValueError lists names
+    input_size(name) -> int                        the model's default square input size (px)
+
+To add a model, add one line `'name': (constructor, input_size)` to `_ENTRIES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+
+from models import small
+
+_ENTRIES: dict[str, tuple[Callable[..., nn.Module], int]] = {
+    # small nets for 28-32 px inputs (models/small.py)
+    'vgg_small': (small.vgg_small, 32),
+    'allconv': (small.allconv, 32),
+    'resnet20': (small.resnet20, 32),
+    'resnet32': (small.resnet32, 32),
+    'resnet44': (small.resnet44, 32),
+    'resnet56': (small.resnet56, 32),
+    # the paper's ImageNet models (models/vgg.py, resnet.py, inception_resnet_v2.py) go here:
+    # 'vgg16': (vgg.vgg16, 224), 'resnet50': (...), 'inception_resnet_v2': (..., 299),
+}
+
+MODELS: dict[str, Callable[..., nn.Module]] = {name: ctor for name, (ctor, _) in _ENTRIES.items()}
+
+
+def _check_name(name: str) -> None:
+    if name not in _ENTRIES:
+        raise ValueError(f'model name must be one of {sorted(_ENTRIES)}, got {name!r}')
+
+
+def build(name: str, **fields) -> nn.Module:
+    """The model `name` with its fields overridden by `fields` (e.g. stride_mode='blur')."""
+    _check_name(name)
+    return MODELS[name](**fields)
+
+
+def input_size(name: str) -> int:
+    """The default input size (pixels, square) of model `name`."""
+    _check_name(name)
+    return _ENTRIES[name][1]

@@ -1,0 +1,126 @@
+"""Datasets: the embedded digits, TFDS (mock and the real shared copies), batching, errors."""
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from benchmarks import data
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+SHARED_TFDS = os.path.join(SHARED, "tfds")
+needs_shared = pytest.mark.skipif(
+    not os.path.isdir(SHARED_TFDS), reason="../shared/data is not present"
+)
+
+
+def test_digits_are_real_sklearn_digits_on_a_canvas():
+    from sklearn.datasets import load_digits
+
+    train = data.open_dataset("digits", "train")
+    test = data.open_dataset("digits", "test")
+    assert len(train) + len(test) == 1797 and len(test) == 359
+    images, labels = data.load_arrays(train)
+    assert images.shape == (1438, 32, 32, 1) and images.dtype == np.float32
+    np.testing.assert_array_equal(labels, load_digits().target[:1438])
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    # Content sits in the central 20x20 box, the border is black.
+    assert images[:, :6].max() == 0 and images[:, 26:].max() == 0
+    assert images[:, 6:26, 6:26].mean() > 0.1
+    # Zooming the box back to 8x8 recovers the original 0..16 digit closely.
+    from scipy import ndimage
+
+    box = images[:100, 6:26, 6:26, 0]
+    back = np.stack([ndimage.zoom(b, 8 / 20, order=1) for b in box])
+    original = load_digits().images[:100] / 16.0
+    assert np.corrcoef(back.ravel(), original.ravel())[0, 1] > 0.9
+
+
+@pytest.mark.parametrize(
+    "split, expected",
+    [("train[:50%]", (0, 719)), ("test[10:20]", (1448, 1458)), ("train[-10:]", (1428, 1438))],
+)
+def test_embedded_split_slicing(split, expected):
+    ds = data.open_dataset("digits", split)
+    _, labels = data.load_arrays(ds)
+    _, all_labels = data._digits_images()
+    np.testing.assert_array_equal(labels, all_labels[expected[0] : expected[1]])
+
+
+def test_tfds_mock_data_batches():
+    with tfds.testing.mock_data(num_examples=13):
+        ds = data.open_dataset("cifar10", "test", data_dir="/nonexistent")
+        assert ds.num_classes == 10 and len(ds) == 13
+        batches = list(data.iterate_batches(ds, 5))
+    assert [len(b[1]) for b in batches] == [5, 5, 3]
+    images, labels = batches[0]
+    assert images.shape == (5, 32, 32, 3) and images.dtype == np.float32
+    assert labels.dtype == np.int32 and 0 <= images.min() and images.max() <= 1
+
+
+def test_per_host_slices_cover_every_image_once():
+    ds = data.open_dataset("digits", "test[:23]")
+    _, labels = data.load_arrays(ds)
+    seen = {b: [] for b in range(3)}
+    for p in range(2):
+        for b, (_, lab) in enumerate(data.iterate_batches(ds, 8, process_index=p, process_count=2)):
+            seen[b].append(lab)
+    assert sum(len(x) for v in seen.values() for x in v) == 23
+    np.testing.assert_array_equal(np.concatenate([x for b in range(3) for x in seen[b]]), labels)
+    with pytest.raises(ValueError, match="batch_size=7"):
+        next(data.iterate_batches(ds, 7, process_count=2))
+
+
+def test_start_batch_skips_batches():
+    ds = data.open_dataset("digits", "test[:20]")
+    all_batches = list(data.iterate_batches(ds, 8))
+    later = list(data.iterate_batches(ds, 8, start_batch=1))
+    assert len(later) == 2
+    np.testing.assert_array_equal(later[0][1], all_batches[1][1])
+
+
+def test_resize_center_crop():
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:, 10:50] = 255  # the central 40x40 square is white
+    out = data.resize_center_crop(image, 20)
+    assert out.shape == (20, 20, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 1:-1], 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("digits", "validation"), "--split='validation'"),
+        (("no_such_dataset", "test"), "--dataset='no_such_dataset'"),
+        (("mnist", "test", "/nonexistent/dir"), "--data_dir='/nonexistent/dir'"),
+    ],
+)
+def test_clear_errors(args, message):
+    with pytest.raises(data.DataError, match=message.replace("[", r"\[")):
+        data.open_dataset(*args)
+
+
+@needs_shared
+def test_shared_mnist_matches_the_raw_idx_files():
+    ds = data.open_dataset("mnist", "test[:50]", SHARED_TFDS)
+    images, labels = data.load_arrays(ds)
+    with gzip.open(os.path.join(SHARED, "raw", "mnist", "t10k-images-idx3-ubyte.gz")) as f:
+        raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(os.path.join(SHARED, "raw", "mnist", "t10k-labels-idx1-ubyte.gz")) as f:
+        raw_labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    # TFDS stores the examples in its own order: find each image among the raw ones.
+    where = {im.tobytes(): i for i, im in enumerate(raw)}
+    ours = np.round(images[..., 0] * 255).astype(np.uint8)
+    found = [where.get(im.tobytes()) for im in ours]
+    assert None not in found
+    np.testing.assert_array_equal(labels, raw_labels[found])
+
+
+@needs_shared
+def test_shared_missing_split_names_the_data_dir():
+    with pytest.raises(data.DataError, match="Unknown split 'train'"):
+        data.open_dataset("mnist", "train", SHARED_TFDS)
+    with pytest.raises(data.DataError, match="not prepared"):
+        data.open_dataset("cifar100", "test", SHARED_TFDS)

@@ -1,0 +1,235 @@
+"""The evaluator: agreement with a brute-force loop, one compile, chunking, sharding, resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import evaluate, metrics, protocols
+
+K = 6
+H = 12
+
+
+def _data(n=21, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.random((n, H, H, 1), dtype=np.float32)
+    labels = rng.integers(0, K, n).astype(np.int32)
+    return images, labels
+
+
+def _weights(seed=1):
+    return jax.random.normal(jax.random.key(seed), (H * H, K)) * 0.5
+
+
+def _apply(w, x):
+    return jnp.tanh(x.reshape(x.shape[0], -1) @ w) * 4.0
+
+
+def _batches(images, labels, batch_size):
+    return [
+        (images[i : i + batch_size], labels[i : i + batch_size])
+        for i in range(0, len(labels), batch_size)
+    ]
+
+
+PROTO = protocols.build("circular", (H, H, 1), max_shift=2)  # 5 diagonal shifts
+
+
+def _reference(images, labels, w, cfg, proto=PROTO):
+    """Brute force: a Python loop over the sweep, then the metrics on all images at once."""
+    probs = np.stack(
+        [
+            np.asarray(jax.nn.softmax(_apply(w, jax.vmap(proto.transform, (0, None))(images, p))))
+            for p in proto.params
+        ]
+    )  # [T, N, K]
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(cfg.seed), i))(
+        jnp.arange(len(labels))
+    )
+    pair_keys, k_keys = jax.vmap(lambda k: jax.random.split(k, 2), out_axes=1)(keys)
+    pairs = metrics.draw_pairs(pair_keys, len(proto.params), cfg.num_pairs)
+    draws = metrics.draw_indices(k_keys, len(proto.params), (cfg.worst_of_k,))
+    ref = proto.reference_index
+    top = probs.argmax(-1)
+    return {
+        "p_top1_change": float(np.mean(top[1:] != top[:-1])),
+        "mac": float(np.mean(metrics.mean_absolute_change(probs, ref_index=ref))),
+        "consistency": float(np.mean(metrics.consistency(probs, pairs))),
+        "consistency_vs_reference": float(
+            np.mean(metrics.consistency_vs_reference(probs, draws, ref))
+        ),
+        "accuracy": float(np.mean(top == labels)),
+        "accuracy_reference": float(np.mean(top[ref] == labels)),
+        "worst_case_accuracy": float(np.mean(np.all(top == labels, axis=0))),
+        "worst_of_k_accuracy": float(np.mean(metrics.worst_of_k_correct(probs, labels, draws))),
+        "top5_distance": float(np.mean(metrics.top5_distance(probs))),
+        "accuracy_per_param": np.mean(top == labels, axis=1),
+        "flip_rate_per_pair": np.mean(top[1:] != top[:-1], axis=1),
+        "curves": probs[:, np.arange(len(labels)), labels],
+    }
+
+
+def _run(images, labels, w, batch_size=8, cfg=evaluate.EvalConfig(chunk_size=2), **kw):
+    ev = evaluate.Evaluator(_apply, PROTO.transform, batch_size, cfg, variables=w)
+    return ev, ev.run(
+        _batches(images, labels, batch_size), PROTO.params, PROTO.reference_index, **kw
+    )
+
+
+def test_matches_brute_force_loop():
+    images, labels = _data()
+    w = _weights()
+    cfg = evaluate.EvalConfig(chunk_size=2, num_pairs=3, worst_of_k=4, num_curves=5)
+    _, res = _run(images, labels, w, cfg=cfg)
+    ref = _reference(images, labels, w, cfg)
+    assert res.num_images == 21 and res.num_batches == 3
+    for name in (
+        "p_top1_change",
+        "mac",
+        "consistency",
+        "consistency_vs_reference",
+        "accuracy",
+        "accuracy_reference",
+        "worst_case_accuracy",
+        "worst_of_k_accuracy",
+        "top5_distance",
+    ):
+        np.testing.assert_allclose(res.metrics[name], ref[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(res.accuracy_per_param, ref["accuracy_per_param"], atol=1e-6)
+    np.testing.assert_allclose(res.flip_rate_per_pair, ref["flip_rate_per_pair"], atol=1e-6)
+    np.testing.assert_allclose(res.curves, ref["curves"][:, :5], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(res.curve_labels, labels[:5])
+    # The metrics are not degenerate on this data, so the comparison can fail.
+    assert 0 < res.metrics["p_top1_change"] < 1 and res.metrics["mac"] > 0
+
+
+def test_one_compile_for_any_batches_and_parameter_values():
+    images, labels = _data(n=29)
+    w = _weights()
+    ev, res = _run(images, labels, w)  # 4 batches, the last one short
+    assert res.compile_count == 1
+    other = PROTO.params[::-1] * 0 + np.array([[1.0, -2.0]])  # new values, same shape
+    ev.run(_batches(images, labels, 8), other, 0)
+    ev.run(_batches(images[:8], labels[:8], 8), PROTO.params, PROTO.reference_index)
+    assert ev.compile_count == 1
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 5, 8])
+def test_results_do_not_depend_on_chunk_size(chunk_size):
+    images, labels = _data()
+    w = _weights()
+    _, base = _run(images, labels, w, cfg=evaluate.EvalConfig(chunk_size=2))
+    _, res = _run(images, labels, w, cfg=evaluate.EvalConfig(chunk_size=chunk_size))
+    for name, value in base.metrics.items():
+        np.testing.assert_allclose(res.metrics[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_results_do_not_depend_on_batch_size():
+    images, labels = _data()
+    w = _weights()
+    _, a = _run(images, labels, w, batch_size=4)
+    _, b = _run(images, labels, w, batch_size=16)
+    for name, value in a.metrics.items():
+        np.testing.assert_allclose(b.metrics[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_nan_logits_raise_naming_the_batch():
+    images, labels = _data(n=20)
+    images[13, 0, 0, 0] = np.nan  # batch 1 (images 8..15)
+    with pytest.raises(FloatingPointError, match="batch 1 "):
+        _run(images, labels, _weights())
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="chunk_size"):
+        evaluate.EvalConfig(chunk_size=0)
+    images, labels = _data()
+    ev = evaluate.Evaluator(_apply, PROTO.transform, 8, variables=_weights())
+    with pytest.raises(ValueError, match="reference_index"):
+        ev.run(_batches(images, labels, 8), PROTO.params, reference_index=99)
+    with pytest.raises(ValueError, match="params"):
+        ev.run(_batches(images, labels, 8), PROTO.params[:1])
+    with pytest.raises(ValueError, match="exceeds"):
+        ev.run([(images[:9], labels[:9])], PROTO.params)
+
+
+def test_interrupted_run_resumes_without_redoing_batches(tmp_path):
+    images, labels = _data(n=40)
+    w = _weights()
+    state = str(tmp_path / "state.pkl")
+    _, full = _run(images, labels, w)
+    read = []
+
+    def batches_from(start, fail_at=None):
+        for b, batch in enumerate(_batches(images, labels, 8)[start:], start=start):
+            if b == fail_at:
+                raise KeyboardInterrupt
+            read.append(b)
+            yield batch
+
+    ev = evaluate.Evaluator(
+        _apply, PROTO.transform, 8, evaluate.EvalConfig(chunk_size=2), variables=w
+    )
+    with pytest.raises(KeyboardInterrupt):
+        ev.run(
+            lambda s: batches_from(s, fail_at=4),
+            PROTO.params,
+            PROTO.reference_index,
+            state_path=state,
+            save_every=1,
+        )
+    read.clear()
+    res = ev.run(batches_from, PROTO.params, PROTO.reference_index, state_path=state)
+    assert read == [3, 4]  # batch 3 was evaluated but its state not yet saved when interrupted
+    for name, value in full.metrics.items():
+        np.testing.assert_allclose(res.metrics[name], value, rtol=1e-6, err_msg=name)
+    np.testing.assert_allclose(res.curves, full.curves)
+    # A different sweep does not pick up this state.
+    read.clear()
+    ev.run(batches_from, PROTO.params * 0 + 1, 0, state_path=state)
+    assert read == [0, 1, 2, 3, 4]
+
+
+_EIGHT_DEVICES = r"""
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, sys.argv[1])
+import test_evaluate as t
+from benchmarks import evaluate
+assert jax.device_count() == 8, jax.devices()
+images, labels = t._data(n=37)
+_, res = t._run(images, labels, t._weights(), batch_size=16)
+try:
+    evaluate.Evaluator(t._apply, t.PROTO.transform, 12)
+    bad = "no error"
+except ValueError as e:
+    bad = str(e)
+print(json.dumps({"metrics": res.metrics, "acc": res.accuracy_per_param.tolist(), "bad": bad}))
+"""
+
+
+def test_eight_simulated_devices_give_the_same_numbers():
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", _EIGHT_DEVICES, os.path.dirname(__file__)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    images, labels = _data(n=37)
+    _, res = _run(images, labels, _weights(), batch_size=16)
+    for name, value in res.metrics.items():
+        np.testing.assert_allclose(got["metrics"][name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(got["acc"], res.accuracy_per_param, atol=1e-6)
+    assert "batch_size=12" in got["bad"] and "(8)" in got["bad"]

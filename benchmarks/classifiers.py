@@ -39,10 +39,10 @@ class Classifier:
 
 def build_model(name: str, num_classes: int, **switch: Any) -> nn.Module:
     """`models.registry.build` with the subsampling switch fields that are not None."""
-    from models.keras_weights import KERAS_MODELS
+    from models.keras_weights import IMAGENET_FILES
 
     fields = {k: v for k, v in switch.items() if v is not None}
-    if name in KERAS_MODELS:
+    if name in IMAGENET_FILES:
         if num_classes != 1000:
             raise ValueError(
                 f"--model={name} has Keras' 1000 ImageNet classes; the dataset has {num_classes}."

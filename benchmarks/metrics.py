@@ -327,8 +327,8 @@ def shift_feature(
 
     An input shift d = (dy, dx) pixels moves a layer of cumulative stride s by d / s. When d is
     not a multiple of s there is no lattice shift; the nearest lower one, floor(d / s) (Python
-    ``//``, also for negative d), is used, and the error measured is then the part of the
-    response that no lattice shift explains.
+    ``//``, also for negative d), is used, so the error then also holds the leftover
+    sub-lattice shift d - s * floor(d / s).
 
     The shift follows ``jnp.roll``: content moves towards increasing row / column index, i.e.
     out[i] = feat[i - d / s]. The caller matches the sign of its input transform (a crop at
@@ -336,7 +336,8 @@ def shift_feature(
 
     Args:
       feat: features Phi(x) [N, h, w, c] of the unshifted input.
-      shift: static input shift (dy, dx) in input pixels (ints).
+      shift: input shift (dy, dx) in input pixels: Python ints, or an int array [2] that may be
+        traced (a sweep of shifts under jit / lax.map; no out-of-view check then).
       stride: static cumulative stride s >= 1 of the layer.
       circular: wrap around (circular input shift) if True; otherwise fill the vacated border
         with zeros and mask it out.
@@ -353,21 +354,31 @@ def shift_feature(
         raise ValueError(f"shift must be a pair (dy, dx) of ints, got {shift!r}")
     stride = _check_int("stride", stride, 1, np.iinfo(np.int32).max)
     height, width = feat.shape[1:3]
-    lattice = tuple(_check_int("shift", s, -(2**31), 2**31 - 1) // stride for s in shift)
+    if isinstance(shift, jax.Array) and not _is_concrete(shift):
+        # A traced shift (a sweep of shifts under jit/vmap): same arithmetic, no range check.
+        lattice = tuple(jnp.floor_divide(shift[i].astype(jnp.int32), stride) for i in range(2))
+    else:
+        lattice = tuple(_check_int("shift", int(s), -(2**31), 2**31 - 1) // stride for s in shift)
+        if not circular and (abs(lattice[0]) >= height or abs(lattice[1]) >= width):
+            raise ValueError(
+                f"shift {tuple(int(s) for s in shift)} at stride {stride} moves the "
+                f"{height}x{width} features out of view; each |shift // stride| must be "
+                "smaller than the feature size"
+            )
     shifted = jnp.roll(feat, lattice, axis=(1, 2))
     if circular:
         return shifted, jnp.ones((height, width), dtype=bool)
-    if abs(lattice[0]) >= height or abs(lattice[1]) >= width:
-        raise ValueError(
-            f"shift {tuple(shift)} at stride {stride} moves the {height}x{width} features "
-            "out of view; each |shift // stride| must be smaller than the feature size"
-        )
     rows, cols = (
-        (np.arange(n) >= q) & (np.arange(n) < n + q)
+        (jnp.arange(n) >= q) & (jnp.arange(n) < n + q)
         for n, q in ((height, lattice[0]), (width, lattice[1]))
     )
-    mask = jnp.asarray(rows[:, None] & cols[None, :])
+    mask = rows[:, None] & cols[None, :]
     return jnp.where(mask[None, :, :, None], shifted, 0), mask
+
+
+def _is_concrete(x: jax.Array) -> bool:
+    """Whether x holds values (not a tracer inside jit/vmap)."""
+    return not isinstance(x, jax.core.Tracer)
 
 
 def _check_features(a: ArrayLike, b: ArrayLike, mask: ArrayLike | None):

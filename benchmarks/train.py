@@ -27,7 +27,8 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import linen as nn
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 from benchmarks.augment import AUGMENTATIONS, augment_batch
@@ -231,6 +232,8 @@ def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> n
         raise ValueError(
             f"batch_size must be in [1, num_examples={num_examples}], got {batch_size!r}."
         )
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step!r}.")
     epoch, position = divmod(step, num_examples // batch_size)
     return _epoch_order(seed, epoch, num_examples)[
         position * batch_size : (position + 1) * batch_size
@@ -279,14 +282,17 @@ def _shardings(
     return NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
 
 
-def _make_train_step(
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    config: TrainConfig,
-    key: jax.Array,
-    replicated: NamedSharding | None,
+@functools.lru_cache(maxsize=4)
+def _train_step(
+    model: nn.Module, config: TrainConfig, replicated: NamedSharding | None
 ) -> Callable:
-    """jit((state, images [B,H,W,C], labels [B]) -> (state, mean loss)); state is donated."""
+    """jit((state, images [B,H,W,C], labels [B]) -> (state, mean loss)); state is donated.
+
+    Cached on its (hashable) arguments, so runs of the same model and config in one process
+    (e.g. an interrupted run and its resumption) share one compilation.
+    """
+    tx = make_optimizer(config)
+    key = jax.random.split(jax.random.PRNGKey(config.seed))[1]
 
     def loss_fn(params, rest, images, labels, dropout_key):
         (logits, _), updates = model.apply(
@@ -316,6 +322,17 @@ def _make_train_step(
     return jax.jit(step_fn, donate_argnums=0, **out)
 
 
+def _cached_train_step(
+    model: nn.Module, config: TrainConfig, replicated: NamedSharding | None
+) -> Callable:
+    """`_train_step`, from its cache unless the model is unhashable (e.g. has a list field)."""
+    try:
+        hash(model)
+    except TypeError:
+        return _train_step.__wrapped__(model, config, replicated)
+    return _train_step(model, config, replicated)
+
+
 def _restore(
     manager: ocp.CheckpointManager, state: Any, config: TrainConfig, workdir: str
 ) -> tuple[Any, dict]:
@@ -340,6 +357,58 @@ def _restore(
         )
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(state)))
     return restored.state, meta
+
+
+def _run_steps(
+    manager: ocp.CheckpointManager,
+    step_fn: Callable,
+    state: Any,
+    meta: dict,
+    images: np.ndarray,
+    labels: np.ndarray,
+    config: TrainConfig,
+    batch_sharding: NamedSharding | None,
+    on_step: Callable[[int], None] | None,
+) -> tuple[Any, dict]:
+    """The training loop from state["step"] to config.num_steps: logs, checkpoints.
+
+    Returns the final state and `meta` (updated in place: history, final_loss, wall_time_s).
+    """
+    start = int(state["step"])
+    t_start = t_log = time.perf_counter()
+    wall_before, step_log = meta["wall_time_s"], start
+    for step in range(start, config.num_steps):
+        idx = batch_indices(config.seed, step, len(labels), config.batch_size)
+        state, loss = step_fn(state, *jax.device_put((images[idx], labels[idx]), batch_sharding))
+        done = step + 1
+        if done % config.log_every == 0 or done == config.num_steps:
+            loss_value, now = float(loss), time.perf_counter()
+            rate = (done - step_log) / (now - t_log)
+            eta = (config.num_steps - done) / rate
+            logging.info(
+                "step %d/%d  loss %.4f  %.2f steps/s  ETA %.0f s",
+                done,
+                config.num_steps,
+                loss_value,
+                rate,
+                eta,
+            )
+            meta["history"].append({"step": done, "loss": loss_value})
+            t_log, step_log = now, done
+        if done % config.checkpoint_every == 0 or done == config.num_steps:
+            meta["final_loss"] = float(loss)
+            meta["wall_time_s"] = wall_before + time.perf_counter() - t_start
+            snapshot = {**meta, "history": list(meta["history"])}  # saved asynchronously
+            manager.save(
+                done,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(snapshot)
+                ),
+            )
+        if on_step is not None:
+            on_step(done)
+    manager.wait_until_finished()
+    return state, meta
 
 
 def train(
@@ -379,7 +448,7 @@ def train(
     """
     images, labels = _check_data(images, labels, config)
     batch_sharding, replicated = _shardings(mesh, config.batch_size)
-    init_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    init_key = jax.random.split(jax.random.PRNGKey(config.seed))[0]
     tx = make_optimizer(config)
     size = (config.canvas_size,) * 2 if config.augmentation == "embed" else images.shape[1:3]
     variables = model.init(
@@ -401,50 +470,25 @@ def train(
     with ocp.CheckpointManager(os.path.abspath(workdir), options=options) as manager:
         if manager.latest_step() is not None:
             state, meta = _restore(manager, state, config, workdir)
-        start = int(state["step"])
-        if start < config.num_steps:
-            step_fn = _make_train_step(model, tx, config, step_key, replicated)
+        if int(state["step"]) < config.num_steps:
             logging.info(
-                "Training %s steps %d..%d in %s",
+                "Training %s from step %d to %d in %s",
                 type(model).__name__,
-                start,
+                int(state["step"]),
                 config.num_steps,
                 workdir,
             )
-            t_start = t_log = time.perf_counter()
-            wall_before, step_log = meta["wall_time_s"], start
-            for step in range(start, config.num_steps):
-                idx = batch_indices(config.seed, step, len(labels), config.batch_size)
-                batch = jax.device_put((images[idx], labels[idx]), batch_sharding)
-                state, loss = step_fn(state, *batch)
-                done = step + 1
-                is_log = done % config.log_every == 0 or done == config.num_steps
-                is_save = done % config.checkpoint_every == 0 or done == config.num_steps
-                if is_log:
-                    loss_value, now = float(loss), time.perf_counter()
-                    rate = (done - step_log) / (now - t_log)
-                    logging.info(
-                        "step %d/%d  loss %.4f  %.2f steps/s  ETA %.0f s",
-                        done,
-                        config.num_steps,
-                        loss_value,
-                        rate,
-                        (config.num_steps - done) / rate,
-                    )
-                    meta["history"].append({"step": done, "loss": loss_value})
-                    t_log, step_log = now, done
-                if is_save:
-                    meta["final_loss"] = float(loss)
-                    meta["wall_time_s"] = wall_before + time.perf_counter() - t_start
-                    manager.save(
-                        done,
-                        args=ocp.args.Composite(
-                            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-                        ),
-                    )
-                if on_step is not None:
-                    on_step(done)
-            manager.wait_until_finished()
+            state, meta = _run_steps(
+                manager,
+                _cached_train_step(model, config, replicated),
+                state,
+                meta,
+                images,
+                labels,
+                config,
+                batch_sharding,
+                on_step,
+            )
     return TrainResult(
         variables=state["variables"],
         steps=int(state["step"]),

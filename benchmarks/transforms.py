@@ -299,7 +299,9 @@ def circular_shift(image: ArrayLike, shift: ArrayLike) -> jax.Array:
 def _fourier_factor(n: int, d: jax.Array) -> jax.Array:
     """Per-frequency multiplier [n] (complex64) of a periodic shift by ``d`` along an axis of
     length n. The Nyquist bin of an even n gets the real factor cos(pi d), the mean of the
-    +n/2 and -n/2 phase ramps, which keeps the output real and equals (-1)^d for integer d."""
+    +n/2 and -n/2 phase ramps: it equals (-1)^d for integer d and makes the factor Hermitian, so
+    the shifted 2-D spectrum stays Hermitian (the (Nyquist, Nyquist) corner included, which
+    taking the real part of the output alone would get wrong) and the output is real."""
     k = np.fft.fftfreq(n, d=1.0 / n).astype(np.float32)  # signed integer frequencies
     turns = jnp.mod(k * d, n) / n  # reduce before scaling by 2 pi: accurate for large d
     factor = jnp.exp(-2j * jnp.pi * turns)
@@ -486,7 +488,7 @@ def _inclusive_range(start, stop, step) -> np.ndarray:
     if all(_is_int(v) for v in (start, stop, step)):
         return np.arange(start, stop + 1, step, dtype=np.int32)
     # The tolerance keeps stop when (stop - start) / step is an integer up to rounding.
-    count = int(math.floor((stop - start) / step + 1e-6)) + 1
+    count = math.floor((stop - start) / step + 1e-6) + 1
     return (start + step * np.arange(count)).astype(np.float32)
 
 

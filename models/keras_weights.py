@@ -27,46 +27,28 @@ import re
 import tempfile
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-import flax.linen as nn
 import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.inception_resnet_v2 import InceptionResNetV2
-from models.resnet import ResNet50
-from models.vgg import VGG16
+from models import registry
 
 KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 CACHE_ENV = "SHIFTBENCH_CACHE"
-
-_AUTO_NAME = re.compile(r"^(conv2d|batch_normalization|dense)(?:_(\d+))?$")
-
-
-@dataclass(frozen=True)
-class KerasModel:
-    """A Keras Applications model ported to flax: its class, input size and ImageNet file."""
-
-    module: type[nn.Module]
-    image_size: int  # pixels, square input of the ImageNet weights
-    file: str  # path below KERAS_WEIGHTS_URL ('tf_dim_ordering_tf_kernels', with top)
-    md5: str  # Keras' file_hash for it
-
-
-KERAS_MODELS = {
-    "vgg16": KerasModel(
-        VGG16, 224, "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels.h5",
-        "64373286793e3c8b2b4e3219cbf3544b"),
-    "resnet50": KerasModel(
-        ResNet50, 224, "resnet/resnet50_weights_tf_dim_ordering_tf_kernels.h5",
-        "2cb95161c43110f7111970584f804107"),
-    "inception_resnet_v2": KerasModel(
-        InceptionResNetV2, 299,
+# model name -> (ImageNet weights with top, below KERAS_WEIGHTS_URL; Keras' md5 of it)
+IMAGENET_FILES = {
+    "vgg16": ("vgg16/vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+              "64373286793e3c8b2b4e3219cbf3544b"),
+    "resnet50": ("resnet/resnet50_weights_tf_dim_ordering_tf_kernels.h5",
+                 "2cb95161c43110f7111970584f804107"),
+    "inception_resnet_v2": (
         "inception_resnet_v2/inception_resnet_v2_weights_tf_dim_ordering_tf_kernels.h5",
         "e693bd0210a403b3192acc6073ad2e96"),
 }
+
+_AUTO_NAME = re.compile(r"^(conv2d|batch_normalization|dense)(?:_(\d+))?$")
 
 
 def canonical_layer_names(names: list[str]) -> dict[str, str]:
@@ -161,22 +143,21 @@ def keras_to_flax(layers: Mapping[str, list[np.ndarray]], template: Mapping,
     Args:
       layers: layer name -> arrays in Keras variable order (as `read_keras_h5` returns).
       template: the port's variables (arrays or jax.ShapeDtypeStruct), {'params': {layer:
-        {...}}, 'batch_stats': {layer: {...}}}, keyed by Keras layer names.
-      source: how to name the weights in error messages (e.g. the file path).
+        {...}}, 'batch_stats': {layer: {...}}}, keyed by canonical Keras layer names.
+      source: what to call the weights in error messages (e.g. the file path).
 
     Returns:
-      variables with the template's structure, float32 jax arrays from `layers`.
+      variables with the template's structure: float32 jax arrays from `layers`.
 
     Raises:
       ValueError: naming the first layer (in natural name order) that is missing from
-        `layers`, has a different number of arrays, or an array of another shape (expected vs
-        found); or listing layers of `layers` that the model does not have.
+        `layers`, has another number of arrays, or an array of another shape (expected vs
+        found); or listing the layers of `layers` that the model does not have.
     """
     found = {canonical: layers[name]
              for name, canonical in canonical_layer_names(list(layers)).items()}
-    model_layers = sorted(canonical_layer_names(
-        list({**template["params"], **template.get("batch_stats", {})})).values(),
-        key=_natural_key)
+    model_layers = sorted({*template["params"], *template.get("batch_stats", {})},
+                          key=_natural_key)
     variables: dict = {collection: {} for collection in template}
     for name in model_layers:
         order = _keras_order(name, template)
@@ -185,7 +166,7 @@ def keras_to_flax(layers: Mapping[str, list[np.ndarray]], template: Mapping,
         if len(found[name]) != len(order):
             raise ValueError(
                 f"{source} does not fit at layer {name!r}: expected {len(order)} arrays "
-                f"({', '.join(v for _, v in order)}), found {len(found[name])}")
+                f"({', '.join(var for _, var in order)}), found {len(found[name])}")
         for (collection, var), array in zip(order, found[name]):
             expected = tuple(template[collection][name][var].shape)
             if tuple(array.shape) != expected:
@@ -199,14 +180,20 @@ def keras_to_flax(layers: Mapping[str, list[np.ndarray]], template: Mapping,
     return variables
 
 
+def _check_model_name(model_name: str) -> None:
+    if model_name not in IMAGENET_FILES:
+        raise ValueError(f"model_name must be one of {sorted(IMAGENET_FILES)}, "
+                         f"got {model_name!r}")
+
+
 def imagenet_weights_path(model_name: str) -> str:
     """Local path of Keras' ImageNet weights for `model_name`, downloading them if needed.
 
     The file is cached in $SHIFTBENCH_CACHE (default ~/.cache/shiftbench) and checked
-    against Keras' md5.
+    against Keras' md5 when downloaded.
 
     Args:
-      model_name: a key of KERAS_MODELS.
+      model_name: 'vgg16', 'resnet50' or 'inception_resnet_v2'.
 
     Returns:
       path of the cached '<model>_weights_tf_dim_ordering_tf_kernels.h5'.
@@ -214,29 +201,28 @@ def imagenet_weights_path(model_name: str) -> str:
     Raises:
       ValueError: unknown model_name, download failure (offline) or md5 mismatch.
     """
-    if model_name not in KERAS_MODELS:
-        raise ValueError(f"model_name must be one of {sorted(KERAS_MODELS)}, got {model_name!r}")
-    spec = KERAS_MODELS[model_name]
+    _check_model_name(model_name)
+    file, expected_md5 = IMAGENET_FILES[model_name]
     cache = os.environ.get(CACHE_ENV) or os.path.expanduser("~/.cache/shiftbench")
-    path = os.path.join(cache, os.path.basename(spec.file))
+    path = os.path.join(cache, os.path.basename(file))
     if os.path.exists(path):
         return path
     os.makedirs(cache, exist_ok=True)
-    url = KERAS_WEIGHTS_URL + spec.file
+    url = KERAS_WEIGHTS_URL + file
+    md5 = hashlib.md5()
     with tempfile.NamedTemporaryFile(dir=cache, delete=False) as partial:
         try:
-            with urllib.request.urlopen(url) as response:
-                md5 = hashlib.md5()
+            with urllib.request.urlopen(url, timeout=60) as response:
                 while chunk := response.read(1 << 20):
                     md5.update(chunk)
                     partial.write(chunk)
         except OSError as error:
             os.unlink(partial.name)
-            raise ValueError(f"cannot download {url} (offline? pass --weights=PATH to a "
-                             f"local copy): {error}") from error
-    if md5.hexdigest() != spec.md5:
+            raise ValueError(f"cannot download {url} (offline? pass a local copy as the "
+                             f"weights path): {error}") from error
+    if md5.hexdigest() != expected_md5:
         os.unlink(partial.name)
-        raise ValueError(f"{url} downloaded with md5 {md5.hexdigest()}, expected {spec.md5}")
+        raise ValueError(f"{url} downloaded with md5 {md5.hexdigest()}, expected {expected_md5}")
     os.replace(partial.name, path)
     return path
 
@@ -244,27 +230,27 @@ def imagenet_weights_path(model_name: str) -> str:
 def load_keras_weights(model_name: str, weights: str, image_size: int | None = None) -> dict:
     """Flax variables for a port in models/ from Keras Applications weights.
 
-    The variables fit every subsampling variant of the model (same parameter tree).
+    The variables fit every variant of the model (stride_mode, full_stages, padding): the
+    parameter tree is the same in all of them.
 
     Args:
       model_name: 'vgg16', 'resnet50' or 'inception_resnet_v2'.
       weights: 'imagenet' (Keras' ImageNet file, downloaded into the cache) or the path of a
-        Keras HDF5 weights file (legacy or Keras 3 .weights.h5) for the model with its top.
-      image_size: input size (pixels) the weights were made for; only VGG16's fully
+        Keras HDF5 weights file (legacy or Keras 3 .weights.h5) of the model with its top.
+      image_size: input size (pixels, square) the weights were made for; only VGG16's fully
         connected head depends on it. Default: the model's ImageNet size (224, 224, 299).
 
     Returns:
-      {'params': ..., 'batch_stats': ...} (VGG16 has no 'batch_stats'), float32.
+      {'params': ..., 'batch_stats': ...} (VGG16: 'params' only), float32, for
+      `model.apply(variables, images)`.
 
     Raises:
       ValueError: unknown model_name, unreadable file, or a file that does not fit the
         model (naming the first layer that does not, expected vs found shape).
     """
-    if model_name not in KERAS_MODELS:
-        raise ValueError(f"model_name must be one of {sorted(KERAS_MODELS)}, got {model_name!r}")
-    spec = KERAS_MODELS[model_name]
+    _check_model_name(model_name)
     path = imagenet_weights_path(model_name) if weights == "imagenet" else weights
-    size = spec.image_size if image_size is None else image_size
-    template = jax.eval_shape(spec.module().init, jax.random.key(0),
+    size = registry.input_size(model_name) if image_size is None else image_size
+    template = jax.eval_shape(registry.build(model_name).init, jax.random.key(0),
                               jnp.zeros((1, size, size, 3), jnp.float32))
     return keras_to_flax(read_keras_h5(path), template, source=f"weights file {path!r}")

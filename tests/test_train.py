@@ -12,13 +12,19 @@ import time
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from benchmarks import augment
-from benchmarks.train import (TrainConfig, batch_indices, evaluate_accuracy, make_optimizer,
-                              make_schedule, steps_for_epochs, train)
+from benchmarks.train import (
+    TrainConfig,
+    batch_indices,
+    evaluate_accuracy,
+    make_optimizer,
+    make_schedule,
+    steps_for_epochs,
+    train,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,6 +34,7 @@ class TinyNet(nn.Module):
 
     Flattens (no global pooling) so that the position-coded classes of quadrant_data are learnable.
     """
+
     batch_norm: bool = True
     num_classes: int = 4
 
@@ -47,18 +54,26 @@ def quadrant_data(n=200, size=8, seed=0):
     images = rng.uniform(0, 0.3, (n, size, size, 1)).astype(np.float32)
     half = size // 2
     for i, q in enumerate(labels):
-        images[i, (q // 2) * half:(q // 2 + 1) * half, (q % 2) * half:(q % 2 + 1) * half] += 0.7
+        images[i, (q // 2) * half : (q // 2 + 1) * half, (q % 2) * half : (q % 2 + 1) * half] += 0.7
     return images, labels
 
 
 DATA = quadrant_data()
-FAST = TrainConfig(optimizer="adam", learning_rate=0.03, schedule="constant", batch_size=20,
-                   num_steps=9, log_every=3, checkpoint_every=3)
+FAST = TrainConfig(
+    optimizer="adam",
+    learning_rate=0.03,
+    schedule="constant",
+    batch_size=20,
+    num_steps=9,
+    log_every=3,
+    checkpoint_every=3,
+)
 
 
 def tree_equal(a, b):
     return jax.tree.structure(a) == jax.tree.structure(b) and all(
-        np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+        np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,7 +124,7 @@ def test_random_embed_keeps_whole_image_inside_canvas():
     for out in np.asarray(jax.jit(jax.vmap(lambda k: augment.random_embed(k, image, 7)))(keys)):
         ys, xs = np.nonzero(out[..., 0])
         oy, ox = ys.min(), xs.min()
-        np.testing.assert_array_equal(out[oy:oy + 4, ox:ox + 4], image)
+        np.testing.assert_array_equal(out[oy : oy + 4, ox : ox + 4], image)
         assert np.count_nonzero(out) == image.size
         offsets.add((oy, ox))
     assert len(offsets) > 5 and all(0 <= o <= 3 for off in offsets for o in off)
@@ -132,15 +147,22 @@ def test_random_shift_and_flip_draw_from_their_sets():
     assert 10 < sum(is_flipped) < 50
 
 
-@pytest.mark.parametrize("kind,kwargs", [("crop", {"max_shift": 1}), ("embed", {"canvas_size": 9}),
-                                         ("flip", {}), ("none", {})])
+@pytest.mark.parametrize(
+    "kind,kwargs",
+    [("crop", {"max_shift": 1}), ("embed", {"canvas_size": 9}), ("flip", {}), ("none", {})],
+)
 def test_augment_batch_is_per_image_and_matches_loop(kind, kwargs):
     images = np.random.default_rng(5).uniform(size=(6, 6, 6, 1)).astype(np.float32)
     key = jax.random.PRNGKey(7)
-    batched = np.asarray(jax.jit(lambda k, x: augment.augment_batch(k, x, kind, **kwargs))(key, images))
-    per_image = {"crop": lambda k, im: augment.random_shift(k, im, 1),
-                 "embed": lambda k, im: augment.random_embed(k, im, 9),
-                 "flip": augment.random_flip, "none": lambda k, im: im}[kind]
+    batched = np.asarray(
+        jax.jit(lambda k, x: augment.augment_batch(k, x, kind, **kwargs))(key, images)
+    )
+    per_image = {
+        "crop": lambda k, im: augment.random_shift(k, im, 1),
+        "embed": lambda k, im: augment.random_embed(k, im, 9),
+        "flip": augment.random_flip,
+        "none": lambda k, im: im,
+    }[kind]
     looped = [per_image(k, im) for k, im in zip(jax.random.split(key, 6), images)]
     np.testing.assert_array_equal(batched, np.stack(looped))
     if kind in ("crop", "embed"):  # independent draws: not all images moved the same way
@@ -161,21 +183,41 @@ def test_augment_bad_arguments():
 # Config, schedule, optimizer, data order
 
 
-@pytest.mark.parametrize("field,value", [
-    ("optimizer", "rmsprop"), ("learning_rate", 0.0), ("learning_rate", float("nan")),
-    ("momentum", 1.0), ("schedule", "step"), ("weight_decay", -1e-4), ("batch_size", 0),
-    ("batch_size", 8.0), ("num_steps", 0), ("augmentation", "rotate"), ("max_shift", 2),
-    ("canvas_size", 40), ("warmup_steps", 5), ("seed", -1), ("log_every", 0),
-    ("checkpoint_every", True)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("optimizer", "rmsprop"),
+        ("learning_rate", 0.0),
+        ("learning_rate", float("nan")),
+        ("momentum", 1.0),
+        ("schedule", "step"),
+        ("weight_decay", -1e-4),
+        ("batch_size", 0),
+        ("batch_size", 8.0),
+        ("num_steps", 0),
+        ("augmentation", "rotate"),
+        ("max_shift", 2),
+        ("canvas_size", 40),
+        ("warmup_steps", 5),
+        ("seed", -1),
+        ("log_every", 0),
+        ("checkpoint_every", True),
+    ],
+)
 def test_config_rejects_bad_field(field, value):
     with pytest.raises(ValueError, match=f"TrainConfig.{field} must be"):
         TrainConfig(**{field: value})
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    ({"augmentation": "crop"}, "max_shift"), ({"augmentation": "embed"}, "canvas_size"),
-    ({"schedule": "warmup_cosine"}, "warmup_steps"),
-    ({"schedule": "warmup_cosine", "warmup_steps": 10, "num_steps": 10}, "warmup_steps")])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"augmentation": "crop"}, "max_shift"),
+        ({"augmentation": "embed"}, "canvas_size"),
+        ({"schedule": "warmup_cosine"}, "warmup_steps"),
+        ({"schedule": "warmup_cosine", "warmup_steps": 10, "num_steps": 10}, "warmup_steps"),
+    ],
+)
 def test_config_requires_dependent_field(kwargs, field):
     with pytest.raises(ValueError, match=f"TrainConfig.{field} must be"):
         TrainConfig(**kwargs)
@@ -191,10 +233,12 @@ def test_steps_for_epochs():
 def test_schedules_hand_values():
     cos = make_schedule(TrainConfig(learning_rate=0.4, schedule="cosine", num_steps=100))
     np.testing.assert_allclose([cos(0), cos(50), cos(100)], [0.4, 0.2, 0.0], atol=1e-7)
-    warm = make_schedule(TrainConfig(learning_rate=0.4, schedule="warmup_cosine", warmup_steps=10,
-                                     num_steps=110))
-    np.testing.assert_allclose([warm(0), warm(5), warm(10), warm(60), warm(110)],
-                               [0.0, 0.2, 0.4, 0.2, 0.0], atol=1e-7)
+    warm = make_schedule(
+        TrainConfig(learning_rate=0.4, schedule="warmup_cosine", warmup_steps=10, num_steps=110)
+    )
+    np.testing.assert_allclose(
+        [warm(0), warm(5), warm(10), warm(60), warm(110)], [0.0, 0.2, 0.4, 0.2, 0.0], atol=1e-7
+    )
     const = make_schedule(TrainConfig(learning_rate=0.4, schedule="constant"))
     np.testing.assert_allclose([const(0), const(999)], [0.4, 0.4])
 
@@ -211,7 +255,7 @@ def run_optimizer(config, grads_seq, params):
 def test_sgd_momentum_and_weight_decay_hand_steps():
     params = {"kernel": np.full((2, 2), 1.0, np.float32), "bias": np.array([1.0], np.float32)}
     g = {"kernel": np.full((2, 2), 0.5, np.float32), "bias": np.array([0.5], np.float32)}
-    base = dict(learning_rate=0.1, schedule="constant")
+    base = {"learning_rate": 0.1, "schedule": "constant"}
     sgd = run_optimizer(TrainConfig(optimizer="sgd", **base), [g, g], params)
     np.testing.assert_allclose(sgd["kernel"], 1 - 2 * 0.1 * 0.5)
     # heavy ball: v1 = g, v2 = 0.9 g + g -> p = 1 - 0.1 (0.5 + 0.95)
@@ -237,15 +281,20 @@ def test_batch_indices_pure_and_epoch_permutation():
     assert not np.array_equal(batch_indices(4, 0, n, b), epoch0[:8])
     with pytest.raises(ValueError, match="batch_size"):
         batch_indices(0, 0, 5, 6)
+    with pytest.raises(ValueError, match="step must be >= 0"):
+        batch_indices(0, -1, 5, 2)
 
 
 # ---------------------------------------------------------------------------------------------
 # Training
 
-RESUME = dataclasses.replace(FAST, optimizer="momentum", learning_rate=0.05, schedule="cosine",
-                             weight_decay=1e-3)
-VARIANTS = {"bn-crop": (True, {"augmentation": "crop", "max_shift": 1}),
-            "nobn-embed": (False, {"augmentation": "embed", "canvas_size": 11})}
+RESUME = dataclasses.replace(
+    FAST, optimizer="momentum", learning_rate=0.05, schedule="cosine", weight_decay=1e-3
+)
+VARIANTS = {
+    "bn-crop": (True, {"augmentation": "crop", "max_shift": 1}),
+    "nobn-embed": (False, {"augmentation": "embed", "canvas_size": 11}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -260,6 +309,7 @@ def reference(tmp_path_factory):
             workdir = str(tmp_path_factory.mktemp(name))
             runs[name] = (model, config, workdir, train(model, *DATA, config, workdir))
         return runs[name]
+
     return get
 
 
@@ -273,8 +323,10 @@ def test_loss_decreases_and_learns(tmp_path, caplog):
     assert result.steps == 40 and result.final_loss == losses[-1] and result.wall_time_s > 0
     assert losses[-1] < 0.1 * np.log(4) and losses[-1] < losses[0]
     assert evaluate_accuracy(TinyNet(), result.variables, images, labels, 64) > 0.9
-    assert any("step 20/40" in r.getMessage() and "steps/s" in r.getMessage()
-               and "ETA" in r.getMessage() for r in caplog.records)
+    assert any(
+        "step 20/40" in r.getMessage() and "steps/s" in r.getMessage() and "ETA" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_evaluate_accuracy_matches_direct_argmax():
@@ -287,7 +339,8 @@ def test_evaluate_accuracy_matches_direct_argmax():
     assert 0 < expected < 1
     for batch_size in (1, 10, 37, 64):  # the padded rows of the last batch must not count
         assert evaluate_accuracy(model, variables, images, labels, batch_size) == pytest.approx(
-            expected)
+            expected
+        )
 
 
 def test_same_seed_same_params_other_seed_differs(tmp_path, reference):
@@ -309,6 +362,7 @@ def stop_at(step, record):
         record.append(done)
         if done == step:
             raise Interrupt
+
     return on_step
 
 
@@ -335,7 +389,10 @@ def test_finished_run_is_returned_not_retrained(reference):
     assert calls == [] and again.steps == config.num_steps
     assert tree_equal(again.variables, first.variables)
     assert (again.history, again.final_loss, again.wall_time_s) == (
-        first.history, first.final_loss, first.wall_time_s)
+        first.history,
+        first.final_loss,
+        first.wall_time_s,
+    )
 
 
 def test_resume_with_other_config_is_refused(reference):
@@ -352,8 +409,12 @@ def test_bad_data_and_mesh_are_rejected(tmp_path):
         (images, labels[:10], FAST, "labels must be"),
         (images, -labels - 1, FAST, "labels must be >= 0"),
         (images[:10], labels[:10], FAST, "batch_size must be <="),
-        (images, labels, dataclasses.replace(FAST, augmentation="embed", canvas_size=6),
-         "canvas_size must be >="),
+        (
+            images,
+            labels,
+            dataclasses.replace(FAST, augmentation="embed", canvas_size=6),
+            "canvas_size must be >=",
+        ),
     ]
     for x, y, config, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -375,21 +436,29 @@ def start_python(script, log_path, **env):
         from benchmarks.train import train
         """)
     with open(log_path, "w") as log:
-        return subprocess.Popen([sys.executable, "-c", prefix + textwrap.dedent(script)],
-                                cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu", **env),
-                                stdout=subprocess.PIPE, stderr=log, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-c", prefix + textwrap.dedent(script)],
+            cwd=REPO,
+            env=dict(os.environ, JAX_PLATFORMS="cpu", **env),
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
 
 
 def test_sigkilled_run_resumes_to_identical_result(tmp_path, reference):
     """A hard kill (no exception handling, no cleanup) once the step-3 checkpoint is on disk."""
-    proc = start_python(f"""
+    proc = start_python(
+        f"""
         batch_norm, extra = VARIANTS["bn-crop"]
         def slow(done):
             print(done, flush=True)
             time.sleep(0.5 if done >= 3 else 0.0)
         train(TinyNet(batch_norm), *DATA, dataclasses.replace(RESUME, **extra),
-              {str(tmp_path / 'run')!r}, on_step=slow)
-        """, tmp_path / "stderr.txt")
+              {str(tmp_path / "run")!r}, on_step=slow)
+        """,
+        tmp_path / "stderr.txt",
+    )
     try:
         model, config, _, full = reference("bn-crop")  # trains while the subprocess starts
         deadline = time.time() + 120
@@ -411,15 +480,16 @@ def test_sigkilled_run_resumes_to_identical_result(tmp_path, reference):
 def test_mesh_batch_sharding_matches_single_device(tmp_path):
     """On 4 host devices: batches split over 'batch', params replicated, same result (SGD)."""
     config = dataclasses.replace(FAST, optimizer="sgd", learning_rate=0.1)
-    proc = start_python(f"""
+    proc = start_python(
+        f"""
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
         assert jax.device_count() == 4
         mesh = Mesh(np.array(jax.devices()), ("batch",))
         config = dataclasses.replace(FAST, optimizer="sgd", learning_rate=0.1)
-        result = train(TinyNet(), *DATA, config, {str(tmp_path / 'mesh')!r}, mesh=mesh)
+        result = train(TinyNet(), *DATA, config, {str(tmp_path / "mesh")!r}, mesh=mesh)
         kernel = result.variables["params"]["Dense_0"]["kernel"]
         assert kernel.sharding.is_equivalent_to(NamedSharding(mesh, P()), kernel.ndim)
-        np.savez({str(tmp_path / 'mesh.npz')!r}, *jax.tree.leaves(result.variables))
+        np.savez({str(tmp_path / "mesh.npz")!r}, *jax.tree.leaves(result.variables))
         try:
             train(TinyNet(), *DATA, dataclasses.replace(config, batch_size=18), "/nonexistent",
                   mesh=mesh)
@@ -427,7 +497,10 @@ def test_mesh_batch_sharding_matches_single_device(tmp_path):
             assert "multiple of the mesh 'batch' axis size 4" in str(e), e
         else:
             raise AssertionError("batch_size 18 on 4 devices accepted")
-        """, tmp_path / "stderr.txt", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+        """,
+        tmp_path / "stderr.txt",
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    )
     try:
         single = train(TinyNet(), *DATA, config, str(tmp_path / "single"))
         proc.communicate(timeout=120)

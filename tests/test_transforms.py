@@ -62,7 +62,9 @@ def test_validate_offsets_on_a_sweep():
 @pytest.mark.parametrize("fill", ["zero", "constant", "mean"])
 def test_embed_places_image_and_fill(fill, offset):
     image = _image(8, 8)
-    out = T.embed(image, offset, canvas_size=(12, 14), image_size=(8, 8), fill=fill, fill_value=0.25)
+    out = T.embed(
+        image, offset, canvas_size=(12, 14), image_size=(8, 8), fill=fill, fill_value=0.25
+    )
     background = {"zero": 0.0, "constant": 0.25, "mean": image.reshape(-1, 3).mean(0)}[fill]
     expected = np.broadcast_to(np.asarray(background, np.float32), (12, 14, 3)).copy()
     dy, dx = offset
@@ -85,7 +87,9 @@ def test_embed_downscale_is_antialiased():
 @pytest.mark.parametrize("offset", [(0, 0), (16, 24), (9, 3)])
 def test_embed_inpaint_fills_every_hole(offset):
     image = _image(8, 8, low=0.2, high=0.8)
-    out = np.asarray(T.embed(image, offset, canvas_size=(24, 32), image_size=(8, 8), fill="inpaint"))
+    out = np.asarray(
+        T.embed(image, offset, canvas_size=(24, 32), image_size=(8, 8), fill="inpaint")
+    )
     dy, dx = offset
     np.testing.assert_array_equal(out[dy : dy + 8, dx : dx + 8], image)
     assert np.all(np.isfinite(out)) and np.all(out > 0)
@@ -96,11 +100,14 @@ def test_embed_inpaint_fills_every_hole(offset):
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        (dict(canvas_size=(8, 8), image_size=(9, 4)), "image_size"),
-        (dict(canvas_size=(8, 0), image_size=(4, 4)), "canvas_size"),
-        (dict(canvas_size=(8, 8), image_size=(4, 4), fill="black"), "fill"),
-        (dict(canvas_size=(8, 8), image_size=(4, 4), fill_value="x"), "fill_value"),
-        (dict(canvas_size=(8, 8), image_size=(4, 4), fill="inpaint", inpaint_iters=0), "inpaint_iters"),
+        ({"canvas_size": (8, 8), "image_size": (9, 4)}, "image_size"),
+        ({"canvas_size": (8, 0), "image_size": (4, 4)}, "canvas_size"),
+        ({"canvas_size": (8, 8), "image_size": (4, 4), "fill": "black"}, "fill"),
+        ({"canvas_size": (8, 8), "image_size": (4, 4), "fill_value": "x"}, "fill_value"),
+        (
+            {"canvas_size": (8, 8), "image_size": (4, 4), "fill": "inpaint", "inpaint_iters": 0},
+            "inpaint_iters",
+        ),
     ],
 )
 def test_embed_invalid_static_args_raise(kwargs, name):
@@ -163,7 +170,9 @@ def test_inpaint_invalid_args_raise():
 @pytest.mark.parametrize("shift", [(0, 0), (1, -2), (-13, 27), (12, 14), (5, 0)])
 def test_circular_shift_equals_np_roll(shift):
     image = _image(12, 14)
-    np.testing.assert_array_equal(T.circular_shift(image, shift), np.roll(image, shift, axis=(0, 1)))
+    np.testing.assert_array_equal(
+        T.circular_shift(image, shift), np.roll(image, shift, axis=(0, 1))
+    )
 
 
 def test_circular_shift_composes():
@@ -250,7 +259,10 @@ def test_lanczos_fractional_shift_matches_reference(shift):
     image, fill, pad = _image(10, 12), 0.2, 8
     padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), constant_values=fill)
     expected = np.einsum(
-        "iy,jx,yxc->ijc", _lanczos_matrix(10, shift[0], pad), _lanczos_matrix(12, shift[1], pad), padded
+        "iy,jx,yxc->ijc",
+        _lanczos_matrix(10, shift[0], pad),
+        _lanczos_matrix(12, shift[1], pad),
+        padded,
     )
     out = T.subpixel_shift(image, shift, method="lanczos3", fill=fill)
     np.testing.assert_allclose(out, expected, atol=1e-5)
@@ -279,9 +291,9 @@ def test_shift_beyond_the_image_is_all_fill(method, shift):
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        (dict(shift=(0.5, 0.5), method="cubic"), "method"),
-        (dict(shift=(0.5, 0.5), fill="black"), "fill"),
-        (dict(shift=(0.5, 0.5, 0.5)), "shift"),
+        ({"shift": (0.5, 0.5), "method": "cubic"}, "method"),
+        ({"shift": (0.5, 0.5), "fill": "black"}, "fill"),
+        ({"shift": (0.5, 0.5, 0.5)}, "shift"),
     ],
 )
 def test_subpixel_shift_invalid_args_raise(kwargs, name):
@@ -293,16 +305,27 @@ def test_subpixel_shift_invalid_args_raise(kwargs, name):
 
 
 @pytest.mark.parametrize(
-    "scale, method", [(0.5, "bilinear"), (0.8, "bilinear"), (1.3, "bilinear"), (2.0, "bilinear"),
-                      (0.7, "nearest"), (1.3, "nearest")],  # nearest: scales with no rounding ties
+    "scale, method",
+    [
+        (0.5, "bilinear"),
+        (0.8, "bilinear"),
+        (1.3, "bilinear"),
+        (2.0, "bilinear"),
+        (0.7, "nearest"),
+        (1.3, "nearest"),
+    ],  # nearest: scales with no rounding ties
 )
 def test_rescale_matches_affine_transform(scale, method):
     image, fill = _image(15, 17), 0.1
     centre = np.array([7.0, 8.0, 0.0])
     matrix = np.diag([1 / scale, 1 / scale, 1.0])
     expected = ndi.affine_transform(
-        image, matrix, centre - matrix @ centre, order={"bilinear": 1, "nearest": 0}[method],
-        mode="grid-constant", cval=fill,
+        image,
+        matrix,
+        centre - matrix @ centre,
+        order={"bilinear": 1, "nearest": 0}[method],
+        mode="grid-constant",
+        cval=fill,
     )
     out = T.rescale(image, np.float32(scale).reshape(1), fill=fill, method=method)
     np.testing.assert_allclose(out, expected, atol=1e-5)
@@ -320,7 +343,11 @@ def test_rescale_matches_zoom():
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [(dict(scale=0.0), "scale"), (dict(scale=(1.0, 2.0)), "scale"), (dict(scale=1.0, method="cubic"), "method")],
+    [
+        ({"scale": 0.0}, "scale"),
+        ({"scale": (1.0, 2.0)}, "scale"),
+        ({"scale": 1.0, "method": "cubic"}, "method"),
+    ],
 )
 def test_rescale_invalid_args_raise(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -366,14 +393,23 @@ def test_rotate_invalid_args_raise():
 
 _SWEEP_CASES = {
     "crop": (functools.partial(T.crop, out_size=(6, 8)), T.grid(0, 3, 3)),
-    "embed": (functools.partial(T.embed, canvas_size=(16, 16), image_size=(6, 8), fill="mean"), T.diagonal(0, 8, 4)),
+    "embed": (
+        functools.partial(T.embed, canvas_size=(16, 16), image_size=(6, 8), fill="mean"),
+        T.diagonal(0, 8, 4),
+    ),
     "embed_inpaint": (
         functools.partial(T.embed, canvas_size=(16, 16), image_size=(6, 8), fill="inpaint"),
         T.line(0, 8, 4, axis="x"),
     ),
     "circular": (T.circular_shift, T.grid(-3, 2, 5)),
-    "fourier": (functools.partial(T.subpixel_shift, method="fourier"), T.line(-1.0, 1.0, 0.5, axis="y")),
-    "lanczos3": (functools.partial(T.subpixel_shift, method="lanczos3", fill=0.5), T.diagonal(-1.0, 1.0, 0.5)),
+    "fourier": (
+        functools.partial(T.subpixel_shift, method="fourier"),
+        T.line(-1.0, 1.0, 0.5, axis="y"),
+    ),
+    "lanczos3": (
+        functools.partial(T.subpixel_shift, method="lanczos3", fill=0.5),
+        T.diagonal(-1.0, 1.0, 0.5),
+    ),
     "bilinear": (functools.partial(T.subpixel_shift, method="bilinear"), T.grid(-0.5, 0.5, 0.5)),
     "rescale": (T.rescale, T.line(0.5, 1.5, 0.25, axis="scalar")),
     "rotate": (T.rotate, T.line(-15.0, 15.0, 7.5, axis="scalar")),
@@ -414,7 +450,9 @@ def test_jit_sweep_does_not_retrace(case):
 
 
 def test_line_values_and_dtypes():
-    np.testing.assert_array_equal(T.line(-3, 2, 1), [[0, -3], [0, -2], [0, -1], [0, 0], [0, 1], [0, 2]])
+    np.testing.assert_array_equal(
+        T.line(-3, 2, 1), [[0, -3], [0, -2], [0, -1], [0, 0], [0, 1], [0, 2]]
+    )
     np.testing.assert_array_equal(T.line(0, 4, 2, axis="y"), [[0, 0], [2, 0], [4, 0]])
     assert T.line(-3, 2, 1).dtype == np.int32
     scales = T.line(0.4, 1.15, 0.025, axis="scalar")  # ImageNet-P scale: 31 frames

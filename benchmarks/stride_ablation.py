@@ -1,0 +1,285 @@
+"""The stride ablation, shiftbench's main job: train each subsampling variant, measure each.
+
+    python -m benchmarks.stride_ablation                      # embedded digits, ~minutes on CPU
+    python -m benchmarks.stride_ablation --dataset=mnist --data_dir=../shared/data/tfds \
+        --train_split='test[:80%]' --split='test[80%:]'
+
+For every variant (default subsample, blur, aps, full) and seed, trains the same model with
+optax (resuming from, or returning, its checkpoint in --output_dir), evaluates it under each
+protocol (default: crop and embed shifts in 1-pixel steps, and a grid of circular shifts) and
+measures its per-stage feature equivariance. Writes ablation.json, ablation.csv, a markdown
+table (printed), metrics.png (each metric per variant), curves.png (true-class probability
+against the crop shift for a few images, as Azulay & Weiss' Figure 1) and equivariance.png
+(error against depth). A variant whose training and evaluation are finished is not redone.
+
+Variants: 'subsample', 'blur' (BlurPool, size --blur_size), 'blur:K' (size K), 'aps', 'full'
+(no subsampling anywhere), 'full:K' (subsampling removed from the last K stages only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags, logging
+
+from benchmarks import classifiers, data, equivariance, evaluate, protocols, report, train
+from benchmarks import flags as sb_flags
+
+FLAGS = flags.FLAGS
+
+sb_flags.define_data_flags(default_split="test")
+sb_flags.define_eval_flags(default_output_dir="runs/ablation")
+sb_flags.define_model_flags(default_model="vgg_small")
+flags.DEFINE_string("train_split", "train", "Split to train on (TFDS slicing honoured).")
+flags.DEFINE_integer("num_train", None, "Train on the first N images (default: all).", lower_bound=1)
+flags.DEFINE_list("variants", ["subsample", "blur", "aps", "full"], "Variants to compare.")
+flags.DEFINE_list("seeds", ["0"], "Training seeds (repeats of every variant).")
+flags.DEFINE_list("protocols", ["crop", "embed", "circular"], "Protocols to evaluate.")
+flags.DEFINE_integer("max_shift", 4, "Shift range of the protocols (px).", lower_bound=1)
+flags.DEFINE_integer("width", None, "Model width (default: the model's).", lower_bound=1)
+flags.DEFINE_enum("optimizer", "adam", list(train.OPTIMIZERS), "Optimizer.")
+flags.DEFINE_float("learning_rate", 3e-3, "Peak learning rate.", lower_bound=0.0)
+flags.DEFINE_enum("schedule", "cosine", list(train.SCHEDULES), "Learning-rate schedule.")
+flags.DEFINE_float("weight_decay", 0.0, "Weight decay.", lower_bound=0.0)
+flags.DEFINE_integer("train_steps", 400, "Optimizer steps per variant.", lower_bound=1)
+flags.DEFINE_integer("train_batch_size", 64, "Training batch size.", lower_bound=1)
+flags.DEFINE_enum("augmentation", "none", list(train.AUGMENTATIONS), "Training augmentation.")
+flags.DEFINE_integer("aug_max_shift", 0, "Largest random shift of --augmentation=crop (px).",
+                     lower_bound=0)
+flags.DEFINE_integer("equivariance_images", 64, "Images for the feature-equivariance metric.",
+                     lower_bound=1)
+
+TABLE_METRICS = ("accuracy", "p_top1_change", "mac", "consistency", "worst_case_accuracy")
+
+
+def parse_variant(spec: str, blur_size: int) -> dict[str, Any]:
+    """'blur:3' -> model fields {'stride_mode': 'blur', 'blur_size': 3}; see module docstring."""
+    name, _, arg = spec.partition(":")
+    if name not in ("subsample", "blur", "aps", "full") or (arg and name in ("subsample", "aps")):
+        raise sb_flags.FlagError(
+            f"--variants: {spec!r} is not one of subsample, blur, blur:K, aps, full, full:K."
+        )
+    if arg and not arg.isdigit():
+        raise sb_flags.FlagError(f"--variants: {spec!r}: K must be a non-negative integer.")
+    if name == "blur":
+        return {"stride_mode": "blur", "blur_size": int(arg) if arg else blur_size}
+    if name == "full" and arg:
+        return {"stride_mode": "subsample", "full_stages": int(arg)}
+    return {"stride_mode": name}
+
+
+def ablation_protocols(image_shape: tuple[int, int, int], names: list[str], max_shift: int):
+    """The ablation's protocols for images of `image_shape`, shifts of 1 px up to max_shift.
+
+    crop: windows of H - 2 max_shift px at diagonal offsets 0..2 max_shift; embed: the image
+    downscaled to 3/4 of its size at diagonal offsets -max_shift..max_shift - 1 of the centre;
+    circular: a (2 max_shift + 1)^2 grid of wrap-around shifts.
+    """
+    h = image_shape[0]
+    options = {
+        "crop": dict(min_shift=0, max_shift=2 * max_shift, crop_size=h - 2 * max_shift),
+        "embed": dict(min_shift=-max_shift, max_shift=max_shift - 1, embed_size=3 * h // 4),
+        "circular": dict(sweep="grid", max_shift=max_shift),
+    }
+    out = {}
+    for name in names:
+        if name not in options:
+            raise sb_flags.FlagError(f"--protocols: {name!r} is not one of {sorted(options)}.")
+        out[name] = protocols.build(name, image_shape, **options[name])
+    return out
+
+
+def _batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
+    return [
+        (images[i : i + batch_size], labels[i : i + batch_size])
+        for i in range(0, len(labels), batch_size)
+    ]
+
+
+def _flops(classifier: classifiers.Classifier, shape: tuple[int, ...]) -> float:
+    """Forward FLOPs per image, from XLA's cost analysis."""
+    fn = jax.jit(classifier.logits).lower(classifier.variables, jnp.zeros((1, *shape)))
+    cost = fn.compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def run_variant(
+    spec: str,
+    seed: int,
+    train_data: tuple[np.ndarray, np.ndarray],
+    eval_data: tuple[np.ndarray, np.ndarray],
+    protos: dict[str, protocols.Protocol],
+    num_classes: int,
+    train_config: train.TrainConfig,
+    eval_config: evaluate.EvalConfig,
+    workdir: str,
+) -> dict[str, Any]:
+    """Trains (or restores) one variant and measures it; cached in workdir/result.json."""
+    fields = parse_variant(spec, FLAGS.blur_size or 4)
+    fields.update({k: v for k, v in (("padding", FLAGS.padding), ("width", FLAGS.width)) if v})
+    fingerprint = {
+        "model": FLAGS.model,
+        "fields": fields,
+        "train": dataclasses.asdict(train_config),
+        "eval": dataclasses.asdict(eval_config),
+        "protocols": {n: p.params.tolist() for n, p in protos.items()},
+        "num_eval_images": len(eval_data[1]),
+    }
+    cached = report.read_json(os.path.join(workdir, "result.json"))
+    if cached and cached.get("fingerprint") == fingerprint:
+        logging.info("%s seed %d: finished earlier, reusing %s", spec, seed, workdir)
+        return cached
+    model = classifiers.build_model(FLAGS.model, num_classes, **fields)
+    trained = train.train(model, *train_data, train_config, os.path.join(workdir, "checkpoint"))
+    clf = classifiers.Classifier(model, trained.variables, f"checkpoint:{workdir}")
+    result: dict[str, Any] = {
+        "variant": spec,
+        "seed": seed,
+        "fingerprint": fingerprint,
+        "train_time_s": trained.wall_time_s,
+        "final_loss": trained.final_loss,
+        "params": int(sum(x.size for x in jax.tree.leaves(trained.variables["params"]))),
+        "flops": _flops(clf, eval_data[0].shape[1:]),
+        "protocols": {},
+    }
+    for name, proto in protos.items():
+        ev = evaluate.Evaluator(clf.logits, proto.transform, FLAGS.batch_size, eval_config,
+                                clf.variables)
+        res = ev.run(_batches(*eval_data, FLAGS.batch_size), proto.params, proto.reference_index)
+        result["protocols"][name] = {
+            "metrics": res.metrics,
+            "stderr": res.stderr,
+            "accuracy_per_param": res.accuracy_per_param,
+            "flip_rate_per_pair": res.flip_rate_per_pair,
+            "curves": res.curves,
+            "x": proto.x,
+            "xlabel": proto.xlabel,
+        }
+    strides = model.feature_strides()
+    shifts = np.stack([np.arange(1, FLAGS.max_shift + 1)] * 2, axis=1)  # diagonal 1..max_shift
+    feats = lambda v, x: model.apply(v, x, train=False)[1]
+    eq = equivariance.feature_equivariance(
+        feats, clf.variables, eval_data[0][: FLAGS.equivariance_images], shifts, strides,
+        circular=True,
+    )
+    result["equivariance"] = {
+        "shifts": shifts,
+        "strides": strides,
+        "error": {n: v["error"] for n, v in eq.items()},
+        "psnr": {n: v["psnr"] for n, v in eq.items()},
+    }
+    report.write_json(os.path.join(workdir, "result.json"), result)
+    return result
+
+
+def summary_row(result: dict[str, Any]) -> dict[str, Any]:
+    """One flat row of the ablation table for one variant and seed."""
+    row = {"variant": result["variant"], "seed": result["seed"]}
+    for name, proto in result["protocols"].items():
+        for metric in TABLE_METRICS:
+            row[f"{name}/{metric}"] = float(proto["metrics"][metric])
+    for stage, err in result["equivariance"]["error"].items():
+        row[f"eq_error/{stage}"] = float(np.mean(err))
+    row.update(
+        train_time_s=round(float(result["train_time_s"]), 1),
+        params=result["params"],
+        mflops=round(result["flops"] / 1e6, 2),
+    )
+    return row
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise sb_flags.FlagError(f"unexpected arguments {argv[1:]}.")
+    sb_flags.check_batch_size(FLAGS.batch_size)
+    start = time.perf_counter()
+    seeds = [int(s) for s in FLAGS.seeds] if all(s.isdigit() for s in FLAGS.seeds) else None
+    if not seeds:
+        raise sb_flags.FlagError(f"--seeds={','.join(FLAGS.seeds)} must be non-negative ints.")
+    for spec in FLAGS.variants:
+        parse_variant(spec, 4)
+    train_ds = data.open_dataset(FLAGS.dataset, FLAGS.train_split, FLAGS.data_dir)
+    eval_ds = data.open_dataset(FLAGS.dataset, FLAGS.split, FLAGS.data_dir)
+    train_data = data.load_arrays(train_ds, FLAGS.num_train, FLAGS.image_size)
+    eval_data = data.load_arrays(eval_ds, FLAGS.num_images, FLAGS.image_size)
+    protos = ablation_protocols(eval_data[0].shape[1:], FLAGS.protocols, FLAGS.max_shift)
+    eval_config = evaluate.EvalConfig(
+        chunk_size=FLAGS.chunk_size, num_pairs=FLAGS.num_pairs, worst_of_k=FLAGS.worst_of_k,
+        flip_distance=FLAGS.flip_distance, seed=FLAGS.seed,
+    )
+    results = []
+    for seed in seeds:
+        try:
+            train_config = train.TrainConfig(
+                optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate,
+                schedule=FLAGS.schedule, weight_decay=FLAGS.weight_decay,
+                batch_size=min(FLAGS.train_batch_size, len(train_data[1])),
+                num_steps=FLAGS.train_steps, augmentation=FLAGS.augmentation,
+                max_shift=FLAGS.aug_max_shift if FLAGS.augmentation == "crop" else 0,
+                seed=seed, log_every=max(FLAGS.train_steps // 10, 1),
+                checkpoint_every=max(FLAGS.train_steps // 4, 1),
+            )
+        except ValueError as e:
+            raise sb_flags.FlagError(f"training flags: {e}") from None
+        for spec in FLAGS.variants:
+            workdir = os.path.join(FLAGS.output_dir, f"{spec.replace(':', '')}_seed{seed}")
+            results.append(
+                run_variant(spec, seed, train_data, eval_data, protos, eval_ds.num_classes,
+                            train_config, eval_config, workdir)
+            )
+    if report.is_writer():
+        write_ablation(FLAGS.output_dir, results, time.perf_counter() - start)
+
+
+def write_ablation(output_dir: str, results: list[dict[str, Any]], wall_time_s: float) -> None:
+    """ablation.json, ablation.csv, the markdown table and the PNG plots."""
+    rows = [summary_row(r) for r in results]
+    config = sb_flags.flag_values()
+    report.write_json(
+        os.path.join(output_dir, "ablation.json"),
+        {
+            "config": config,
+            "variants": {f"{r['variant']}/seed{r['seed']}": {k: v for k, v in r.items()
+                                                             if k != "fingerprint"}
+                         for r in results},
+            "table": rows,
+            "versions": report.versions(),
+            "wall_time_s": wall_time_s,
+        },
+    )
+    report.write_csv(os.path.join(output_dir, "ablation.csv"), rows)
+    names = [f"{r['variant']}/s{r['seed']}" for r in results]
+    metric_cols = [c for c in rows[0] if "/" in c and not c.startswith("eq_error")]
+    report.plot_bars(
+        os.path.join(output_dir, "metrics.png"), names,
+        {c: [row[c] for row in rows] for c in metric_cols},
+        title=f"{config['model']} on {config['dataset']}",
+    )
+    first = next(iter(results[0]["protocols"]))
+    proto = results[0]["protocols"][first]
+    report.plot_curves(
+        os.path.join(output_dir, "curves.png"), np.asarray(proto["x"]), proto["xlabel"],
+        {n: np.asarray(r["protocols"][first]["curves"])[:, :4] for n, r in zip(names, results)},
+        title=f"P(true class) under {first} shifts",
+    )
+    stages = sorted(results[0]["equivariance"]["error"])
+    report.plot_lines(
+        os.path.join(output_dir, "equivariance.png"), list(range(1, len(stages) + 1)), "stage",
+        {n: [float(np.mean(r["equivariance"]["error"][s])) for s in stages]
+         for n, r in zip(names, results)},
+        "relative equivariance error", "feature equivariance (circular shifts 1..max_shift)",
+    )
+    columns = ["variant", "seed"] + [c for c in rows[0] if c not in ("variant", "seed")]
+    print(report.markdown_table(rows, columns, digits=3))
+    logging.info("wrote %s in %.0f s", output_dir, wall_time_s)
+
+
+if __name__ == "__main__":
+    sb_flags.run_main(main)

@@ -1,0 +1,70 @@
+"""End to end: `python -m benchmarks.invariance` writes its report; bad flags fail in one line."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_TFDS = os.path.join(ROOT, "..", "shared", "data", "tfds")
+
+
+def _run(*args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.invariance", *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+
+
+def test_writes_json_csv_and_plots(tmp_path):
+    out = tmp_path / "run"
+    res = _run("--model=allconv", "--dataset=digits", "--split=test[:40]", "--batch_size=16",
+               "--transform=circular", "--max_shift=2", f"--output_dir={out}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    record = json.loads((out / "results.json").read_text())
+    assert set(record) >= {"config", "metrics", "versions", "wall_time_s"}
+    for key in ("p_top1_change", "mac", "consistency", "accuracy", "worst_case_accuracy"):
+        assert 0.0 <= record["metrics"][key] <= 1.0, key
+    assert record["config"]["transform"] == "circular" and record["config"]["model"] == "allconv"
+    assert record["num_images"] == 40 and record["compile_count"] == 1
+    assert record["versions"]["jax"]
+    rows = list(csv.DictReader((out / "per_param.csv").open()))
+    assert len(rows) == 5 and float(rows[0]["x"]) == -2.0
+    for png in ("sweep.png", "curves.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    # Running again finds the finished evaluation and returns the same numbers.
+    again = _run("--model=allconv", "--dataset=digits", "--split=test[:40]", "--batch_size=16",
+                 "--transform=circular", "--max_shift=2", f"--output_dir={out}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text())["metrics"] == record["metrics"]
+
+
+@pytest.mark.parametrize(
+    "flag, expected",
+    [
+        ("--max_shift=-1", "--max_shift"),
+        ("--transform=shear", "--transform"),
+        ("--dataset=no_such_dataset", "--dataset"),
+        ("--split=validation", "--split"),
+        ("--crop_size=40", "--crop_size"),
+        ("--model=resnet9000", "--model"),
+        ("--stride_mode=sideways", "--stride_mode"),
+    ],
+)
+def test_bad_flags_fail_with_one_clear_line(flag, expected, tmp_path):
+    res = _run(flag, f"--output_dir={tmp_path}", timeout=120)
+    assert res.returncode != 0
+    lines = [l for l in res.stderr.splitlines() if expected in l]
+    assert lines, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_TFDS), reason="../shared/data is not present")
+def test_missing_dataset_names_the_data_dir(tmp_path):
+    res = _run("--dataset=cifar100", f"--data_dir={SHARED_TFDS}", f"--output_dir={tmp_path}",
+               timeout=120)
+    assert res.returncode == 2 and "not prepared" in res.stderr and "Traceback" not in res.stderr

@@ -98,7 +98,7 @@ def define_protocol_flags() -> None:
     flags.DEFINE_float("angle_step", 1.0, "rotate: step in degrees.", lower_bound=1e-3)
 
 
-def define_eval_flags() -> None:
+def define_eval_flags(default_output_dir: str = "runs/invariance") -> None:
     """--seed, --chunk_size, --num_pairs, --worst_of_k, --flip_distance, --output_dir, --multihost."""
     flags.DEFINE_integer("seed", 0, "Seed of per-image random draws and of training.")
     flags.DEFINE_integer(
@@ -111,7 +111,7 @@ def define_eval_flags() -> None:
         "worst_of_k", 10, "Random draws per image for worst-of-k accuracy.", lower_bound=1
     )
     flags.DEFINE_integer("flip_distance", 1, "d of the ImageNet-P flip probability.", lower_bound=1)
-    flags.DEFINE_string("output_dir", "runs/invariance", "Where results are written.")
+    flags.DEFINE_string("output_dir", default_output_dir, "Where results are written.")
     flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (Cloud TPU pods).")
 
 

@@ -28,7 +28,16 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from benchmarks import classifiers, data, equivariance, evaluate, protocols, report, train
+from benchmarks import (
+    augment,
+    classifiers,
+    data,
+    equivariance,
+    evaluate,
+    protocols,
+    report,
+    train,
+)
 from benchmarks import flags as sb_flags
 
 FLAGS = flags.FLAGS
@@ -37,7 +46,9 @@ sb_flags.define_data_flags(default_split="test")
 sb_flags.define_eval_flags(default_output_dir="runs/ablation")
 sb_flags.define_model_flags(default_model="vgg_small")
 flags.DEFINE_string("train_split", "train", "Split to train on (TFDS slicing honoured).")
-flags.DEFINE_integer("num_train", None, "Train on the first N images (default: all).", lower_bound=1)
+flags.DEFINE_integer(
+    "num_train", None, "Train on the first N images (default: all).", lower_bound=1
+)
 flags.DEFINE_list("variants", ["subsample", "blur", "aps", "full"], "Variants to compare.")
 flags.DEFINE_list("seeds", ["0"], "Training seeds (repeats of every variant).")
 flags.DEFINE_list("protocols", ["crop", "embed", "circular"], "Protocols to evaluate.")
@@ -50,10 +61,19 @@ flags.DEFINE_float("weight_decay", 0.0, "Weight decay.", lower_bound=0.0)
 flags.DEFINE_integer("train_steps", 400, "Optimizer steps per variant.", lower_bound=1)
 flags.DEFINE_integer("train_batch_size", 64, "Training batch size.", lower_bound=1)
 flags.DEFINE_enum("augmentation", "none", list(train.AUGMENTATIONS), "Training augmentation.")
-flags.DEFINE_integer("aug_max_shift", 0, "Largest random shift of --augmentation=crop (px).",
-                     lower_bound=0)
-flags.DEFINE_integer("equivariance_images", 64, "Images for the feature-equivariance metric.",
-                     lower_bound=1)
+flags.DEFINE_integer(
+    "aug_max_shift", 4, "Largest random shift of --augmentation=crop (px).", lower_bound=1
+)
+flags.DEFINE_integer(
+    "aug_canvas_size",
+    None,
+    "Canvas of --augmentation=embed (default: image "
+    "size + 2 * --max_shift); evaluation images are centred on it.",
+    lower_bound=1,
+)
+flags.DEFINE_integer(
+    "equivariance_images", 64, "Images for the feature-equivariance metric.", lower_bound=1
+)
 
 TABLE_METRICS = ("accuracy", "p_top1_change", "mac", "consistency", "worst_case_accuracy")
 
@@ -104,8 +124,8 @@ def _batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
 
 def _flops(classifier: classifiers.Classifier, shape: tuple[int, ...]) -> float:
     """Forward FLOPs per image, from XLA's cost analysis."""
-    fn = jax.jit(classifier.logits).lower(classifier.variables, jnp.zeros((1, *shape)))
-    cost = fn.compile().cost_analysis()
+    lowered = jax.jit(classifier.logits).lower(classifier.variables, jnp.zeros((1, *shape)))
+    cost = lowered.cost_analysis()  # XLA's estimate on the lowered program: no compile
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost.get("flops", float("nan")))
 
@@ -150,8 +170,9 @@ def run_variant(
         "protocols": {},
     }
     for name, proto in protos.items():
-        ev = evaluate.Evaluator(clf.logits, proto.transform, FLAGS.batch_size, eval_config,
-                                clf.variables)
+        ev = evaluate.Evaluator(
+            clf.logits, proto.transform, FLAGS.batch_size, eval_config, clf.variables
+        )
         res = ev.run(_batches(*eval_data, FLAGS.batch_size), proto.params, proto.reference_index)
         result["protocols"][name] = {
             "metrics": res.metrics,
@@ -166,7 +187,11 @@ def run_variant(
     shifts = np.stack([np.arange(1, FLAGS.max_shift + 1)] * 2, axis=1)  # diagonal 1..max_shift
     feats = lambda v, x: model.apply(v, x, train=False)[1]
     eq = equivariance.feature_equivariance(
-        feats, clf.variables, eval_data[0][: FLAGS.equivariance_images], shifts, strides,
+        feats,
+        clf.variables,
+        eval_data[0][: FLAGS.equivariance_images],
+        shifts,
+        strides,
         circular=True,
     )
     result["equivariance"] = {
@@ -209,21 +234,36 @@ def main(argv: list[str]) -> None:
     eval_ds = data.open_dataset(FLAGS.dataset, FLAGS.split, FLAGS.data_dir)
     train_data = data.load_arrays(train_ds, FLAGS.num_train, FLAGS.image_size)
     eval_data = data.load_arrays(eval_ds, FLAGS.num_images, FLAGS.image_size)
+    canvas = FLAGS.aug_canvas_size or eval_data[0].shape[1] + 2 * FLAGS.max_shift
+    if FLAGS.augmentation == "embed":  # the model sees canvas-sized images: centre the test ones
+        offset = (canvas - eval_data[0].shape[1]) // 2
+        centred = jax.vmap(augment.embed_image, (0, None, None))(
+            eval_data[0], jnp.array([offset, offset]), canvas
+        )
+        eval_data = (np.asarray(centred), eval_data[1])
     protos = ablation_protocols(eval_data[0].shape[1:], FLAGS.protocols, FLAGS.max_shift)
     eval_config = evaluate.EvalConfig(
-        chunk_size=FLAGS.chunk_size, num_pairs=FLAGS.num_pairs, worst_of_k=FLAGS.worst_of_k,
-        flip_distance=FLAGS.flip_distance, seed=FLAGS.seed,
+        chunk_size=FLAGS.chunk_size,
+        num_pairs=FLAGS.num_pairs,
+        worst_of_k=FLAGS.worst_of_k,
+        flip_distance=FLAGS.flip_distance,
+        seed=FLAGS.seed,
     )
     results = []
     for seed in seeds:
         try:
             train_config = train.TrainConfig(
-                optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate,
-                schedule=FLAGS.schedule, weight_decay=FLAGS.weight_decay,
+                optimizer=FLAGS.optimizer,
+                learning_rate=FLAGS.learning_rate,
+                schedule=FLAGS.schedule,
+                weight_decay=FLAGS.weight_decay,
                 batch_size=min(FLAGS.train_batch_size, len(train_data[1])),
-                num_steps=FLAGS.train_steps, augmentation=FLAGS.augmentation,
+                num_steps=FLAGS.train_steps,
+                augmentation=FLAGS.augmentation,
                 max_shift=FLAGS.aug_max_shift if FLAGS.augmentation == "crop" else 0,
-                seed=seed, log_every=max(FLAGS.train_steps // 10, 1),
+                canvas_size=canvas if FLAGS.augmentation == "embed" else 0,
+                seed=seed,
+                log_every=max(FLAGS.train_steps // 10, 1),
                 checkpoint_every=max(FLAGS.train_steps // 4, 1),
             )
         except ValueError as e:
@@ -231,8 +271,17 @@ def main(argv: list[str]) -> None:
         for spec in FLAGS.variants:
             workdir = os.path.join(FLAGS.output_dir, f"{spec.replace(':', '')}_seed{seed}")
             results.append(
-                run_variant(spec, seed, train_data, eval_data, protos, eval_ds.num_classes,
-                            train_config, eval_config, workdir)
+                run_variant(
+                    spec,
+                    seed,
+                    train_data,
+                    eval_data,
+                    protos,
+                    eval_ds.num_classes,
+                    train_config,
+                    eval_config,
+                    workdir,
+                )
             )
     if report.is_writer():
         write_ablation(FLAGS.output_dir, results, time.perf_counter() - start)
@@ -246,9 +295,12 @@ def write_ablation(output_dir: str, results: list[dict[str, Any]], wall_time_s: 
         os.path.join(output_dir, "ablation.json"),
         {
             "config": config,
-            "variants": {f"{r['variant']}/seed{r['seed']}": {k: v for k, v in r.items()
-                                                             if k != "fingerprint"}
-                         for r in results},
+            "variants": {
+                f"{r['variant']}/seed{r['seed']}": {
+                    k: v for k, v in r.items() if k != "fingerprint"
+                }
+                for r in results
+            },
             "table": rows,
             "versions": report.versions(),
             "wall_time_s": wall_time_s,
@@ -258,23 +310,31 @@ def write_ablation(output_dir: str, results: list[dict[str, Any]], wall_time_s: 
     names = [f"{r['variant']}/s{r['seed']}" for r in results]
     metric_cols = [c for c in rows[0] if "/" in c and not c.startswith("eq_error")]
     report.plot_bars(
-        os.path.join(output_dir, "metrics.png"), names,
+        os.path.join(output_dir, "metrics.png"),
+        names,
         {c: [row[c] for row in rows] for c in metric_cols},
         title=f"{config['model']} on {config['dataset']}",
     )
     first = next(iter(results[0]["protocols"]))
     proto = results[0]["protocols"][first]
     report.plot_curves(
-        os.path.join(output_dir, "curves.png"), np.asarray(proto["x"]), proto["xlabel"],
+        os.path.join(output_dir, "curves.png"),
+        np.asarray(proto["x"]),
+        proto["xlabel"],
         {n: np.asarray(r["protocols"][first]["curves"])[:, :4] for n, r in zip(names, results)},
         title=f"P(true class) under {first} shifts",
     )
     stages = sorted(results[0]["equivariance"]["error"])
     report.plot_lines(
-        os.path.join(output_dir, "equivariance.png"), list(range(1, len(stages) + 1)), "stage",
-        {n: [float(np.mean(r["equivariance"]["error"][s])) for s in stages]
-         for n, r in zip(names, results)},
-        "relative equivariance error", "feature equivariance (circular shifts 1..max_shift)",
+        os.path.join(output_dir, "equivariance.png"),
+        list(range(1, len(stages) + 1)),
+        "stage",
+        {
+            n: [float(np.mean(r["equivariance"]["error"][s])) for s in stages]
+            for n, r in zip(names, results)
+        },
+        "relative equivariance error",
+        "feature equivariance (circular shifts 1..max_shift)",
     )
     columns = ["variant", "seed"] + [c for c in rows[0] if c not in ("variant", "seed")]
     print(report.markdown_table(rows, columns, digits=3))

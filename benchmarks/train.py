@@ -333,6 +333,25 @@ def _cached_train_step(
     return _train_step(model, config, replicated)
 
 
+def _init_state(model: nn.Module, config: TrainConfig, input_shape: tuple[int, ...]) -> dict:
+    """A fresh training state {'step', 'variables', 'opt_state'} for inputs of shape (H, W, C)."""
+    init_key = jax.random.split(jax.random.PRNGKey(config.seed))[0]
+    variables = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+    opt_state = make_optimizer(config).init(variables["params"])
+    return {"step": jnp.zeros((), jnp.int32), "variables": variables, "opt_state": opt_state}
+
+
+def _load_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+    """The JSON metadata (config, history, wall_time_s, final_loss) of checkpoint `step`."""
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+
+def _load_state(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
+    """The training state of checkpoint `step`, in the structure (and shardings) of `target`."""
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    return manager.restore(step, args=args).state
+
+
 def _restore(
     manager: ocp.CheckpointManager, state: Any, config: TrainConfig, workdir: str
 ) -> tuple[Any, dict]:
@@ -342,7 +361,7 @@ def _restore(
       ValueError: the checkpoint was made with a different config.
     """
     step = manager.latest_step()
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    meta = _load_meta(manager, step)
     given = dataclasses.asdict(config)
     if meta["config"] != given:
         diff = {
@@ -355,8 +374,33 @@ def _restore(
             f"different config, field: (stored, given): {diff}. Use a new workdir, or "
             "the stored config to resume."
         )
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(state)))
-    return restored.state, meta
+    return _load_state(manager, step, state), meta
+
+
+def restore_variables(workdir: str, model: nn.Module, input_shape: tuple[int, ...]) -> Any:
+    """The model variables of the latest checkpoint that `train` wrote in `workdir`.
+
+    Args:
+      workdir: a `train` workdir.
+      model: the module that was trained there.
+      input_shape: (H, W, C) of the images the model sees (for 'embed' training: the canvas).
+
+    Returns:
+      The flax variables ({'params': ..., and e.g. 'batch_stats': ...}).
+
+    Raises:
+      ValueError: workdir holds no checkpoint.
+    """
+    if not os.path.isdir(workdir):
+        raise ValueError(f"workdir={workdir!r} does not exist.")
+    options = ocp.CheckpointManagerOptions(read_only=True)
+    with ocp.CheckpointManager(os.path.abspath(workdir), options=options) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise ValueError(f"workdir={workdir!r} holds no checkpoint of benchmarks.train.")
+        config = TrainConfig(**_load_meta(manager, step)["config"])
+        target = _init_state(model, config, tuple(input_shape))
+        return _load_state(manager, step, target)["variables"]
 
 
 def _run_steps(
@@ -448,17 +492,9 @@ def train(
     """
     images, labels = _check_data(images, labels, config)
     batch_sharding, replicated = _shardings(mesh, config.batch_size)
-    init_key = jax.random.split(jax.random.PRNGKey(config.seed))[0]
-    tx = make_optimizer(config)
-    size = (config.canvas_size,) * 2 if config.augmentation == "embed" else images.shape[1:3]
-    variables = model.init(
-        init_key, jnp.zeros((1, *size, images.shape[3]), jnp.float32), train=False
-    )
-    state = {
-        "step": jnp.zeros((), jnp.int32),
-        "variables": variables,
-        "opt_state": tx.init(variables["params"]),
-    }
+    canvas = (config.canvas_size, config.canvas_size) if config.augmentation == "embed" else None
+    input_shape = (*(canvas or images.shape[1:3]), images.shape[3])
+    state = _init_state(model, config, input_shape)
     state = jax.device_put(state, replicated)
     meta = {
         "config": dataclasses.asdict(config),
@@ -527,6 +563,7 @@ def evaluate_accuracy(
         logits, _ = model.apply(variables, x, train=False)
         return jnp.sum(jnp.argmax(logits, -1) == y)
 
+    batch_size = min(batch_size, len(labels))
     pad = -len(labels) % batch_size
     images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), np.float32)])
     labels = np.concatenate([labels.astype(np.int32), np.full(pad, -1, np.int32)])  # never correct

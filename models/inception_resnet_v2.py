@@ -1,4 +1,4 @@
-"""InceptionResNetV2 as in Keras Applications (keras.applications.InceptionResNetV2), with the switch.
+"""InceptionResNetV2 as in Keras Applications (keras.applications.InceptionResNetV2), switchable.
 
 Keras' layout: every conv2d_bn unit is Conv (no bias) + BN (scale=False, epsilon 1e-3) + ReLU;
 the stride-2 stem convs, the stem max pools and the stride-2 layers of the reduction blocks
@@ -31,7 +31,6 @@ from models.preprocessing import KerasPort
 from models.subsampling import Conv, Subsampler, avg_pool, global_avg_pool, max_pool
 
 IMAGE_SIZE = 299
-MIN_IMAGE_SIZE = 75
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.99  # Keras' default
 
@@ -77,13 +76,15 @@ _REDUCTIONS = {
 class InceptionResNetV2(KerasPort):
     """Keras InceptionResNetV2 (fields: see preprocessing.KerasPort; stages as module doc).
 
-    __call__(x [N, H, W, 3] in [0, 1], H, W >= 75, train=False) -> (logits [N, 1000],
-    {'stage1': [N, h, w, 64], 'stage2': [.., 192], 'stage3': [.., 320], 'stage4': [.., 1088],
-    'stage5': [.., 1536]}). train=True uses batch statistics (mutable=['batch_stats']).
+    __call__(x [N, H, W, 3] in [0, 1], train=False) -> (logits [N, 1000], {'stage1': [N, h, w,
+    64], 'stage2': [.., 192], 'stage3': [.., 320], 'stage4': [.., 1088], 'stage5': [.., 1536]}).
+    H, W >= 75 unless padding is 'circular'. train=True uses batch statistics
+    (mutable=['batch_stats']).
     """
 
     STAGE_FACTORS = (2, 2, 2, 2, 2)
     PREPROCESSING = "tf"
+    MIN_IMAGE_SIZE = 75  # Keras' minimum: the VALID stem and reduction layers
 
     def _residual(self, x: jax.Array, conv_bn: _ConvBN, block: str, index: int, dilation: int,
                   scale: float | None = None) -> jax.Array:

@@ -4,7 +4,9 @@ Two file formats are read, both with h5py:
 
 - legacy (the files Keras distributes for weights='imagenet', and Keras 2 `save_weights`):
   root attr 'layer_names' lists the layers; group <layer> has attr 'weight_names', each a
-  path inside that group to one array ('conv1_conv/kernel:0').
+  path inside that group to one array ('conv1_conv/kernel:0'). Keras splits a long list
+  attribute into 'layer_names0', 'layer_names1', ...; a full-model file nests all of it in
+  a 'model_weights' group.
 - Keras 3 `model.save_weights('x.weights.h5')`: group 'layers/<class_name>[_k]/vars' whose attr
   'name' is the layer's name and whose datasets '0', '1', ... are its variables in order.
 
@@ -73,15 +75,28 @@ def canonical_layer_names(names: list[str]) -> dict[str, str]:
     return canonical
 
 
+def _text(value) -> str:
+    """An HDF5 string attribute (bytes or str) as str."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _attr_list(group: h5py.Group, name: str) -> list[str]:
+    """A list attribute that Keras may have split into '<name>0', '<name>1', ... (64 KiB cap)."""
+    if name in group.attrs:
+        return list(map(_text, group.attrs[name]))
+    values, chunk = [], 0
+    while f"{name}{chunk}" in group.attrs:
+        values += map(_text, group.attrs[f"{name}{chunk}"])
+        chunk += 1
+    return values
+
+
 def _legacy_layers(group: h5py.Group) -> dict[str, list[np.ndarray]]:
     layers = {}
-    for name in group.attrs["layer_names"]:
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        layer = group[name]
-        weight_names = [w.decode() if isinstance(w, bytes) else str(w)
-                        for w in layer.attrs.get("weight_names", [])]
+    for name in _attr_list(group, "layer_names"):
+        weight_names = _attr_list(group[name], "weight_names")
         if weight_names:
-            layers[name] = [np.asarray(layer[w]) for w in weight_names]
+            layers[name] = [np.asarray(group[name][w]) for w in weight_names]
     return layers
 
 
@@ -90,9 +105,8 @@ def _keras3_layers(group: h5py.Group) -> dict[str, list[np.ndarray]]:
     for layer in group.values():
         variables = layer["vars"]
         if len(variables):
-            name = variables.attrs["name"]
-            name = name.decode() if isinstance(name, bytes) else str(name)
-            layers[name] = [np.asarray(variables[str(i)]) for i in range(len(variables))]
+            layers[_text(variables.attrs["name"])] = [np.asarray(variables[str(i)])
+                                                     for i in range(len(variables))]
     return layers
 
 
@@ -107,17 +121,19 @@ def read_keras_h5(path: str) -> dict[str, list[np.ndarray]]:
       layer name -> its arrays in Keras variable order; layers without weights left out.
 
     Raises:
-      ValueError: the file is missing, not HDF5, or in neither format.
+      ValueError: the file is missing, not HDF5, in neither format, or lacks an array that
+        its own index names.
     """
     try:
         with h5py.File(path, "r") as f:
-            group = f["model_weights"] if "model_weights" in f else f
-            if "layer_names" in group.attrs:
+            group = f.get("model_weights", f)
+            if _attr_list(group, "layer_names"):
                 return _legacy_layers(group)
             if "layers" in group:
                 return _keras3_layers(group["layers"])
-    except OSError as error:
-        raise ValueError(f"weights file {path!r} cannot be read as HDF5: {error}") from error
+    except (OSError, KeyError) as error:
+        raise ValueError(f"weights file {path!r} cannot be read as Keras HDF5 weights: "
+                         f"{error}") from error
     raise ValueError(
         f"weights file {path!r} is not a Keras weights file: it has neither a 'layer_names' "
         "attribute (legacy format) nor a 'layers' group (Keras 3 .weights.h5)")
@@ -250,7 +266,8 @@ def load_keras_weights(model_name: str, weights: str, image_size: int | None = N
     """
     _check_model_name(model_name)
     path = imagenet_weights_path(model_name) if weights == "imagenet" else weights
+    layers = read_keras_h5(path)
     size = registry.input_size(model_name) if image_size is None else image_size
     template = jax.eval_shape(registry.build(model_name).init, jax.random.key(0),
                               jnp.zeros((1, size, size, 3), jnp.float32))
-    return keras_to_flax(read_keras_h5(path), template, source=f"weights file {path!r}")
+    return keras_to_flax(layers, template, source=f"weights file {path!r}")

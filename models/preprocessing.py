@@ -10,16 +10,23 @@ what `keras.applications.<model>.preprocess_input` makes of 0..255 RGB pixels:
 `KerasPort` is the base of models/vgg.py, resnet.py and inception_resnet_v2.py: the fields
 of the subsampling switch (as models/small.py), their checks, the per-stage modes and the
 cumulative feature strides. A port lists the subsampling factor of each stage in
-STAGE_FACTORS (1: a stage without a strided layer; 4: two stride-2 layers) and its
-preprocessing in PREPROCESSING.
+STAGE_FACTORS (1: a stage without a strided layer; 4: two stride-2 layers), its
+preprocessing in PREPROCESSING and its smallest input in MIN_IMAGE_SIZE.
 """
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.subsampling import (MAX_BLUR_SIZE, PADDING_MODES, STRIDE_MODES, Subsampler,
-                                check_choice, check_int, stage_modes)
+from models.subsampling import (
+    MAX_BLUR_SIZE,
+    PADDING_MODES,
+    STRIDE_MODES,
+    Subsampler,
+    check_choice,
+    check_int,
+    stage_modes,
+)
 
 KERAS_PREPROCESSING_MODES = ("caffe", "tf")
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -64,6 +71,7 @@ class KerasPort(nn.Module):
     # class constants, set by each port (not dataclass fields: no annotation)
     STAGE_FACTORS = ()  # subsampling factor of each stage
     PREPROCESSING = "caffe"  # keras_preprocess mode
+    MIN_IMAGE_SIZE = 1  # smallest input (pixels) with padding 'zero' (VALID layers shrink maps)
 
     def __post_init__(self):
         check_choice("stride_mode", self.stride_mode, STRIDE_MODES)
@@ -88,8 +96,16 @@ class KerasPort(nn.Module):
         return Subsampler(self._stage_mode(stage), 2, dilation, self.blur_size, self.padding)
 
     def _preprocess(self, images: jax.typing.ArrayLike) -> jax.Array:
-        """[N, H, W, 3] in [0, 1] -> the Keras model's input (see keras_preprocess)."""
-        return keras_preprocess(images, self.PREPROCESSING)
+        """[N, H, W, 3] in [0, 1] -> the Keras model's input (see keras_preprocess).
+
+        Raises ValueError if H or W < MIN_IMAGE_SIZE with padding 'zero'.
+        """
+        x = keras_preprocess(images, self.PREPROCESSING)
+        if self.padding == "zero" and min(x.shape[1:3]) < self.MIN_IMAGE_SIZE:
+            raise ValueError(f"images must be at least {self.MIN_IMAGE_SIZE} x "
+                             f"{self.MIN_IMAGE_SIZE} pixels for {type(self).__name__} with "
+                             f"padding 'zero', got shape {x.shape}")
+        return x
 
     def feature_strides(self) -> dict[str, int]:
         """Cumulative stride of each returned feature map, {'stage1': s1, ...}.

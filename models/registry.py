@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
-from models import small
+from models import inception_resnet_v2, resnet, small, vgg
 
 _ENTRIES: dict[str, tuple[Callable[..., nn.Module], int]] = {
     # small nets for 28-32 px inputs (models/small.py)
@@ -23,8 +23,11 @@ _ENTRIES: dict[str, tuple[Callable[..., nn.Module], int]] = {
     'resnet32': (small.resnet32, 32),
     'resnet44': (small.resnet44, 32),
     'resnet56': (small.resnet56, 32),
-    # the paper's ImageNet models (models/vgg.py, resnet.py, inception_resnet_v2.py) go here:
-    # 'vgg16': (vgg.vgg16, 224), 'resnet50': (...), 'inception_resnet_v2': (..., 299),
+    # the paper's ImageNet models, Keras Applications ports (weights: models/keras_weights.py)
+    'vgg16': (vgg.VGG16, vgg.IMAGE_SIZE),
+    'resnet50': (resnet.ResNet50, resnet.IMAGE_SIZE),
+    'inception_resnet_v2': (inception_resnet_v2.InceptionResNetV2,
+                            inception_resnet_v2.IMAGE_SIZE),
 }
 
 MODELS: dict[str, Callable[..., nn.Module]] = {name: ctor for name, (ctor, _) in _ENTRIES.items()}

@@ -48,7 +48,7 @@ class ResNet50(KerasPort):
 
     def _block(self, x: jax.Array, width: int, sub: Subsampler, shortcut: bool, name: str,
                train: bool) -> jax.Array:
-        """Keras residual_block_v1: x [N, H, W, C] -> [N, H / f, W / f, 4 width] (f = sub.factor)."""
+        """Keras residual_block_v1: x [N, H, W, C] -> [N, H / f, W / f, 4 width], f = sub.factor."""
         h = nn.relu(self._conv_bn(x, width, 1, sub.op_stride, "VALID", sub.dilation,
                                   f"{name}_1", train))
         phase = sub.phase(h)

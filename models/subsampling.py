@@ -13,7 +13,8 @@ its stride is realised (definitions in shared/docs/SPEC.md):
   s*s polyphase components keep, per example, the one of largest l2 norm over pixels and
   channels; ties go to the lowest index a*s + b of component x[a::s, b::s]). Branches that are
   summed (ResNet main path and shortcut) must use one phase: compute it once with
-  `Subsampler.phase` and pass it to every `downsample`.
+  `Subsampler.phase` and pass it to every `downsample`. A map whose size is not a multiple of
+  s is first padded at the high end (zeros, or wrap in circular mode).
 - ``'full'``: no subsampling: the layer at stride 1, and every later layer dilated by the
   removed factor (a trous). `Subsampler.out_dilation` is the dilation for the later layers.
   Sampling a `full` map at the lattice ``[::D, ::D]`` (D its dilation) gives the `subsample`
@@ -24,6 +25,7 @@ it (`conv2d(..., dilation=d)`, `max_pool(..., dilation=d)`); a strided layer bui
 ``s = Subsampler(mode, factor, dilation=d, ...)``, runs at ``stride=s.op_stride``, applies
 ``s.downsample`` to its (activated) output, and hands ``d = s.out_dilation`` on. Non-full modes
 need ``dilation == 1`` (full stages are the last ones; `stage_modes` builds such a plan).
+A Subsampler with factor 1 is the identity switch (op_stride 1, dilation unchanged).
 
 Padding (``padding`` argument of the layers, always in the units of the `subsample` net):
 ``'SAME'`` = ((k-1)//2, k//2) per axis (TF 'SAME' at stride 1; for strided layers it is the
@@ -36,7 +38,7 @@ ZeroPadding + MaxPool on post-ReLU maps), excluded from the count for avg pool (
 the high pads are k-1-low, so the output keeps the input's period (size ceil(H/s)).
 
 Public API (all arrays NHWC float32 unless said):
-    STRIDE_MODES, PADDING_MODES
+    STRIDE_MODES, PADDING_MODES, MAX_BLUR_SIZE (= 7)
     check_choice(name, value, allowed) -> None                      (ValueError naming `name`)
     check_int(name, value, low=1, high=None) -> None               (ValueError unless int in range)
     resolve_padding(padding, kernel_size, padding_mode='zero') -> ((top, bottom), (left, right))
@@ -62,6 +64,7 @@ Public API (all arrays NHWC float32 unless said):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -131,10 +134,10 @@ def resolve_padding(padding: Padding, kernel_size: int | Sequence[int],
             raise ValueError("padding must be 'SAME', 'VALID', an int >= 0 or "
                              f'((top, bottom), (left, right)) of ints >= 0, got {padding!r}')
     if padding_mode == 'circular':
-        if any(lo > k - 1 for (lo, _), k in zip(pads, ks)):
+        if any(lo > k - 1 for (lo, _), k in zip(pads, ks, strict=True)):
             raise ValueError(f'circular padding needs low pads <= kernel_size - 1, got '
                              f'padding {padding!r} for kernel_size {kernel_size!r}')
-        pads = tuple((lo, k - 1 - lo) for (lo, _), k in zip(pads, ks))
+        pads = tuple((lo, k - 1 - lo) for (lo, _), k in zip(pads, ks, strict=True))
     return pads
 
 
@@ -183,7 +186,9 @@ def conv2d(x: ArrayLike, kernel: ArrayLike, stride: int = 1, padding: Padding = 
 
 def _reduce_window(x: jax.Array, init: float, op: Callable, window: tuple[int, int],
                    stride: int, dilation: int) -> jax.Array:
-    return lax.reduce_window(x, jnp.asarray(init, x.dtype), op, (1, *window, 1),
+    # A Python scalar init lets JAX recognise max/add windows (reduce_window_max/_sum), which
+    # are differentiable; an array init makes a generic reduce_window that is not.
+    return lax.reduce_window(x, init, op, (1, *window, 1),
                              (1, stride, stride, 1), 'VALID',
                              window_dilation=(1, dilation, dilation, 1))
 
@@ -198,7 +203,18 @@ def max_pool(x: ArrayLike, window: int | Sequence[int], stride: int, padding: Pa
     ks = _pair('window', window)
     check_int('stride', stride)
     xp = _padded(x, padding, ks, dilation, padding_mode, -jnp.inf)
-    return _reduce_window(xp, -jnp.inf, lax.max, ks, stride, dilation)
+    if dilation == 1:
+        return _reduce_window(xp, -jnp.inf, lax.max, ks, stride, dilation)
+    # JAX has no VJP for a dilated max window: take the max of the k_h * k_w dilated slices.
+    h = (xp.shape[1] - (ks[0] - 1) * dilation - 1) // stride + 1
+    w = (xp.shape[2] - (ks[1] - 1) * dilation - 1) // stride + 1
+    taps = [
+        xp[:, i * dilation : i * dilation + (h - 1) * stride + 1 : stride,
+           j * dilation : j * dilation + (w - 1) * stride + 1 : stride]
+        for i in range(ks[0])
+        for j in range(ks[1])
+    ]
+    return functools.reduce(jnp.maximum, taps)
 
 
 def avg_pool(x: ArrayLike, window: int | Sequence[int], stride: int, padding: Padding = 'VALID',
@@ -244,15 +260,22 @@ def blur_pool(x: ArrayLike, size: int, stride: int, padding: str = 'reflect') ->
     'reflect' (Zhang), 'circular' or 'zero', [floor((k-1)/2), ceil((k-1)/2)] on each axis.
     Returns [N, ceil(H/s), ceil(W/s), C].
     """
-    filt = binomial_filter(size)
+    check_int('size', size, 1, MAX_BLUR_SIZE)
     check_int('stride', stride)
     check_choice('padding', padding, _PAD_FILLS)
     x = jnp.asarray(x)
-    channels = x.shape[-1]
     xp = pad_spatial(x, (((size - 1) // 2, size // 2),) * 2, padding)
-    kernel = jnp.broadcast_to(filt[:, :, None, None], (size, size, 1, channels)).astype(x.dtype)
-    return lax.conv_general_dilated(xp, kernel, (stride, stride), 'VALID',
-                                    dimension_numbers=_NHWC, feature_group_count=channels)
+    # The binomial filter is the outer product of its row: blur H, then W, each as a weighted
+    # sum of strided slices (exactly the 2-D filter; far faster on CPU than a depthwise conv).
+    row = np.array([math.comb(size - 1, i) for i in range(size)], np.float64)
+    row = row / row.sum()
+    for axis in (1, 2):
+        n = (xp.shape[axis] - size) // stride + 1
+        xp = sum(
+            float(row[i]) * lax.slice_in_dim(xp, i, i + (n - 1) * stride + 1, stride, axis)
+            for i in range(size)
+        )
+    return xp
 
 
 def _polyphase(x: ArrayLike, stride: int) -> jax.Array:

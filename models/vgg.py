@@ -33,6 +33,7 @@ class VGG16(KerasPort):
 
     STAGE_FACTORS = (2, 2, 2, 2, 2)
     PREPROCESSING = "caffe"
+    MIN_IMAGE_SIZE = 32  # five VALID 2x2 pools
 
     @nn.compact
     def __call__(self, x: ArrayLike, train: bool = False) -> tuple[jax.Array, dict]:

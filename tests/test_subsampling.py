@@ -138,7 +138,9 @@ def test_dense_layers_sampled_at_lattice_equal_strided(kind, ks, padding, mode):
 @pytest.mark.parametrize('shift', [(1, 0), (3, -5), (-7, 2)])
 def test_circular_dilated_layers_commute_with_roll(kind, shift):
     x, kernel = _rand((1, 10, 12, 2)), _rand((3, 2, 2, 2), 1)
-    f = lambda v: _layer(kind, v, 1, 3, 'VALID', 'circular', kernel)
+    def f(v):
+        return _layer(kind, v, 1, 3, 'VALID', 'circular', kernel)
+
     np.testing.assert_allclose(f(np.roll(x, shift, (1, 2))), np.roll(f(x), shift, (1, 2)),
                                rtol=1e-5, atol=1e-5)
 
@@ -244,7 +246,9 @@ def test_polyphase_rejects_indivisible_sizes():
 
 def test_conv2d_jit_and_vmap_agree():
     x, kernel = _rand((3, 2, 8, 8, 3)), _rand((3, 3, 3, 2), 1)
-    f = lambda v: S.conv2d(v, kernel, 2, 'SAME', 1, 'circular')
+    def f(v):
+        return S.conv2d(v, kernel, 2, 'SAME', 1, 'circular')
+
     eager = np.stack([f(v) for v in x])
     np.testing.assert_allclose(jax.jit(jax.vmap(f))(x), eager, rtol=1e-5, atol=1e-5)
 

@@ -22,6 +22,7 @@ from benchmarks.train import (
     evaluate_accuracy,
     make_optimizer,
     make_schedule,
+    restore_variables,
     steps_for_epochs,
     train,
 )
@@ -393,6 +394,16 @@ def test_finished_run_is_returned_not_retrained(reference):
         first.final_loss,
         first.wall_time_s,
     )
+
+
+@pytest.mark.parametrize("name,input_shape", [("bn-crop", (8, 8, 1)), ("nobn-embed", (11, 11, 1))])
+def test_restore_variables_loads_the_trained_model(tmp_path, reference, name, input_shape):
+    model, _, workdir, result = reference(name)
+    assert tree_equal(restore_variables(workdir, model, input_shape), result.variables)
+    with pytest.raises(ValueError, match="holds no checkpoint"):
+        restore_variables(str(tmp_path), model, input_shape)
+    with pytest.raises(ValueError, match="does not exist"):
+        restore_variables(str(tmp_path / "missing"), model, input_shape)
 
 
 def test_resume_with_other_config_is_refused(reference):

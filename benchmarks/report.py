@@ -207,3 +207,34 @@ def plot_lines(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def plot_heatmaps(
+    path: str, maps: Mapping[str, np.ndarray], xlabel: str, ylabel: str, title: str = ""
+) -> None:
+    """PNG with one heat-map panel per entry of `maps` (name -> [rows, cols]), each drawn over
+    the unit square with row 0 at the top, with a colour bar."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(maps), figsize=(4 * len(maps), 3.6), squeeze=False)
+    for ax, (name, grid) in zip(axes[0], maps.items()):
+        im = ax.imshow(np.asarray(grid), extent=(0, 1, 1, 0), cmap="viridis")
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=name)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_histograms(
+    path: str, samples: Mapping[str, np.ndarray], bins: int, xlabel: str, title: str = ""
+) -> None:
+    """PNG with one histogram panel (counts in `bins` bins) per entry of `samples` (name -> [N])."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(samples), figsize=(3.6 * len(samples), 3.2), squeeze=False)
+    for i, (ax, (name, values)) in enumerate(zip(axes[0], samples.items())):
+        ax.hist(np.asarray(values), bins=bins, color=f"C{i}")
+        ax.set(xlabel=xlabel, ylabel="count", title=name)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)

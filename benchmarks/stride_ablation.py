@@ -58,7 +58,7 @@ flags.DEFINE_enum("optimizer", "adam", list(train.OPTIMIZERS), "Optimizer.")
 flags.DEFINE_float("learning_rate", 3e-3, "Peak learning rate.", lower_bound=0.0)
 flags.DEFINE_enum("schedule", "cosine", list(train.SCHEDULES), "Learning-rate schedule.")
 flags.DEFINE_float("weight_decay", 0.0, "Weight decay.", lower_bound=0.0)
-flags.DEFINE_integer("train_steps", 400, "Optimizer steps per variant.", lower_bound=1)
+flags.DEFINE_integer("train_steps", 200, "Optimizer steps per variant.", lower_bound=1)
 flags.DEFINE_integer("train_batch_size", 64, "Training batch size.", lower_bound=1)
 flags.DEFINE_enum("augmentation", "none", list(train.AUGMENTATIONS), "Training augmentation.")
 flags.DEFINE_integer(
@@ -95,17 +95,18 @@ def parse_variant(spec: str, blur_size: int) -> dict[str, Any]:
 
 
 def ablation_protocols(image_shape: tuple[int, int, int], names: list[str], max_shift: int):
-    """The ablation's protocols for images of `image_shape`, shifts of 1 px up to max_shift.
+    """The ablation's protocols for images of `image_shape`: max_shift + 1 positions, 1 px apart.
 
-    crop: windows of H - 2 max_shift px at diagonal offsets 0..2 max_shift; embed: the image
-    downscaled to 3/4 of its size at diagonal offsets -max_shift..max_shift - 1 of the centre;
-    circular: a (2 max_shift + 1)^2 grid of wrap-around shifts.
+    crop: windows of H - max_shift px at diagonal offsets 0..max_shift (Azulay's crop);
+    embed: the image downscaled to H - max_shift px at diagonal positions 0..max_shift of an
+    H px black canvas (Azulay's "black"); circular: a grid of wrap-around shifts
+    -max_shift/2..max_shift/2 on both axes.
     """
-    h = image_shape[0]
+    h, half = image_shape[0], max_shift // 2
     options = {
-        "crop": dict(min_shift=0, max_shift=2 * max_shift, crop_size=h - 2 * max_shift),
-        "embed": dict(min_shift=-max_shift, max_shift=max_shift - 1, embed_size=3 * h // 4),
-        "circular": dict(sweep="grid", max_shift=max_shift),
+        "crop": dict(min_shift=0, max_shift=max_shift, crop_size=h - max_shift),
+        "embed": dict(min_shift=-half, max_shift=max_shift - half, embed_size=h - max_shift),
+        "circular": dict(sweep="grid", max_shift=half, min_shift=-half),
     }
     out = {}
     for name in names:
@@ -211,7 +212,7 @@ def summary_row(result: dict[str, Any]) -> dict[str, Any]:
         for metric in TABLE_METRICS:
             row[f"{name}/{metric}"] = float(proto["metrics"][metric])
     for stage, err in result["equivariance"]["error"].items():
-        row[f"eq_error/{stage}"] = float(np.mean(err))
+        row[f"eq_error/{stage}"] = float(np.mean(np.asarray(err, np.float64)))
     row.update(
         train_time_s=round(float(result["train_time_s"]), 1),
         params=result["params"],

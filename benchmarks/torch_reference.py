@@ -1,0 +1,201 @@
+"""PyTorch twins of two flax models, with the flax weights copied over (optional: needs torch).
+
+The throughput benchmark compares the evaluator with the way the published reference codes
+evaluate shift invariance: a PyTorch eager loop over the sweep, `model.eval()`, `no_grad`,
+channels_last. These are the same architectures written in `torch.nn`:
+
+- `CifarResNet`: `models.small.CifarResNet` (resnet20/32/44/56) with shortcut 'A', head 'gap',
+  stride_mode 'subsample' and padding 'zero' (the plain net the papers evaluate).
+- `ResNet50`: `models.resnet.ResNet50` (Keras' layout, biases on every conv, 'caffe'
+  preprocessing inside), stride_mode 'subsample', padding 'zero'.
+
+Both take images [N, 3, H, W] float32 in [0, 1] (any memory format) and return logits [N, K].
+`from_flax(model, variables)` builds the twin of a flax module and copies its variables.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models import preprocessing, resnet, small
+
+
+def _tensor(a: Any) -> torch.Tensor:
+    return torch.from_numpy(np.array(a, np.float32))
+
+
+def _copy_conv(conv: nn.Conv2d, params: dict) -> None:
+    """flax kernel [kh, kw, cin, cout] (+ bias) -> torch weight [cout, cin, kh, kw]."""
+    conv.weight.copy_(_tensor(params["kernel"]).permute(3, 2, 0, 1))
+    if conv.bias is not None:
+        conv.bias.copy_(_tensor(params["bias"]))
+
+
+def _copy_bn(bn: nn.BatchNorm2d, params: dict, stats: dict) -> None:
+    bn.weight.copy_(_tensor(params["scale"]))
+    bn.bias.copy_(_tensor(params["bias"]))
+    bn.running_mean.copy_(_tensor(stats["mean"]))
+    bn.running_var.copy_(_tensor(stats["var"]))
+
+
+def _copy_dense(linear: nn.Linear, params: dict) -> None:
+    linear.weight.copy_(_tensor(params["kernel"]).T)
+    linear.bias.copy_(_tensor(params["bias"]))
+
+
+class _ConvBN(nn.Module):
+    """Conv + BatchNorm, the twin of a flax conv/BN pair."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, pad: int, bias: bool, eps: float):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride, pad, bias=bias)
+        self.bn = nn.BatchNorm2d(cout, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+    def load(self, params: dict, stats: dict, conv: str, bn: str) -> None:
+        _copy_conv(self.conv, params[conv])
+        _copy_bn(self.bn, params[bn], stats[bn])
+
+
+class _BasicBlock(nn.Module):
+    """CIFAR ResNet basic block with shortcut 'A' (subsampled identity, channels zero-padded)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        eps = small._BN_EPSILON
+        self.stride, self.extra = stride, cout - cin
+        self.c0 = _ConvBN(cin, cout, 3, stride, 1, False, eps)
+        self.c1 = _ConvBN(cout, cout, 3, 1, 1, False, eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c1(F.relu(self.c0(x)))
+        if self.stride == 1 and self.extra == 0:
+            return F.relu(h + x)
+        s = x[:, :, :: self.stride, :: self.stride]
+        s = F.pad(s, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+        return F.relu(h + s)
+
+
+class CifarResNet(nn.Module):
+    """Twin of `models.small.CifarResNet` (shortcut 'A', 'gap' head, plain subsampling)."""
+
+    def __init__(self, depth: int, width: int, num_classes: int, mean, std, channels: int = 3):
+        super().__init__()
+        self.register_buffer("mean", _tensor(mean).reshape(1, -1, 1, 1))
+        self.register_buffer("std", _tensor(std).reshape(1, -1, 1, 1))
+        self.stem = _ConvBN(channels, width, 3, 1, 1, False, small._BN_EPSILON)
+        blocks, cin = [], width
+        for stage in range(small.NUM_STAGES):
+            for b in range((depth - 2) // 6):
+                cout = width * 2**stage
+                blocks.append(_BasicBlock(cin, cout, 2 if stage and b == 0 else 1))
+                cin = cout
+        self.blocks = nn.ModuleList(blocks)
+        self.classifier = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, C, H, W] in [0, 1] -> logits [N, num_classes]."""
+        h = F.relu(self.stem((x - self.mean) / self.std))
+        for block in self.blocks:
+            h = block(h)
+        return self.classifier(h.mean(dim=(2, 3)))
+
+    def load(self, variables: dict) -> None:
+        p, s = variables["params"], variables["batch_stats"]
+        self.stem.load(p["stem"], s["stem"], "conv", "bn")
+        for i, block in enumerate(self.blocks):
+            name = f"BasicBlock_{i}"
+            block.c0.load(p[name]["ConvBN_0"], s[name]["ConvBN_0"], "conv", "bn")
+            block.c1.load(p[name]["ConvBN_1"], s[name]["ConvBN_1"], "conv", "bn")
+        _copy_dense(self.classifier, p["classifier"])
+
+
+class _Bottleneck(nn.Module):
+    """Keras residual_block_v1: 1x1 (stride) / 3x3 / 1x1 convs with biases, BN after each."""
+
+    def __init__(self, cin: int, width: int, stride: int, shortcut: bool):
+        super().__init__()
+        eps = resnet.BN_EPSILON
+        self.c1 = _ConvBN(cin, width, 1, stride, 0, True, eps)
+        self.c2 = _ConvBN(width, width, 3, 1, 1, True, eps)
+        self.c3 = _ConvBN(width, 4 * width, 1, 1, 0, True, eps)
+        self.c0 = _ConvBN(cin, 4 * width, 1, stride, 0, True, eps) if shortcut else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c3(F.relu(self.c2(F.relu(self.c1(x)))))
+        return F.relu(h + (x if self.c0 is None else self.c0(x)))
+
+
+class ResNet50(nn.Module):
+    """Twin of `models.resnet.ResNet50` (Keras layout, 'caffe' preprocessing inside)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer(
+            "mean_bgr", torch.tensor(preprocessing.CAFFE_MEAN_BGR).reshape(1, 3, 1, 1)
+        )
+        self.conv1 = _ConvBN(3, 64, 7, 2, 3, True, resnet.BN_EPSILON)
+        blocks, cin, self.names = [], 64, []
+        for stage, (width, count) in enumerate(resnet.STACKS, start=2):
+            for b in range(1, count + 1):
+                stride = 2 if b == 1 and stage > 2 else 1
+                blocks.append(_Bottleneck(cin, width, stride, b == 1))
+                self.names.append(f"conv{stage}_block{b}")
+                cin = 4 * width
+        self.blocks = nn.ModuleList(blocks)
+        self.predictions = nn.Linear(cin, 1000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, 3, H, W] RGB in [0, 1] -> logits [N, 1000]."""
+        h = x.flip(1) * 255.0 - self.mean_bgr
+        h = F.max_pool2d(F.relu(self.conv1(h)), 3, 2, 1)
+        for block in self.blocks:
+            h = block(h)
+        return self.predictions(h.mean(dim=(2, 3)))
+
+    def load(self, variables: dict) -> None:
+        p, s = variables["params"], variables["batch_stats"]
+        self.conv1.load(p, s, "conv1_conv", "conv1_bn")
+        for name, block in zip(self.names, self.blocks):
+            for i in (0, 1, 2, 3):
+                layer = getattr(block, f"c{i}")
+                if layer is not None:
+                    layer.load(p, s, f"{name}_{i}_conv", f"{name}_{i}_bn")
+        _copy_dense(self.predictions, p["predictions"])
+
+
+def from_flax(model: Any, variables: dict) -> nn.Module:
+    """The torch twin of flax `model` (CifarResNet or ResNet50) in eval mode, weights copied.
+
+    Raises:
+      ValueError: a model or a variant (stride_mode, padding, shortcut, head) without a twin.
+    """
+    plain = getattr(model, "stride_mode", None) == "subsample" and model.padding == "zero"
+    if isinstance(model, small.CifarResNet) and plain:
+        if model.shortcut != "A" or model.head != "gap":
+            raise ValueError(
+                f"model: the torch twin has shortcut 'A' and head 'gap', got shortcut "
+                f"{model.shortcut!r}, head {model.head!r}."
+            )
+        channels = variables["params"]["stem"]["conv"]["kernel"].shape[2]
+        twin = CifarResNet(
+            model.depth, model.width, model.num_classes, model.mean, model.std, channels
+        )
+    elif isinstance(model, resnet.ResNet50) and plain:
+        twin = ResNet50()
+    else:
+        raise ValueError(
+            f"model: torch twins exist for CifarResNet and ResNet50 with stride_mode "
+            f"'subsample' and padding 'zero', got {type(model).__name__} "
+            f"({getattr(model, 'stride_mode', None)!r}, {getattr(model, 'padding', None)!r})."
+        )
+    with torch.no_grad():
+        twin.load(variables)
+    return twin.eval()

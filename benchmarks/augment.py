@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from benchmarks import transforms
+
 AUGMENTATIONS = ("none", "crop", "embed", "flip")
 
 
@@ -32,8 +34,7 @@ def shift_image(image: ArrayLike, shift: ArrayLike, max_shift: int) -> jax.Array
     image = jnp.asarray(image)
     shift = jnp.clip(jnp.asarray(shift, jnp.int32), -max_shift, max_shift)
     padded = jnp.pad(image, ((max_shift, max_shift), (max_shift, max_shift), (0, 0)))
-    start = (max_shift - shift[0], max_shift - shift[1], 0)
-    return jax.lax.dynamic_slice(padded, start, image.shape)
+    return transforms.crop(padded, max_shift - shift, out_size=image.shape[:2])
 
 
 def embed_image(image: ArrayLike, offset: ArrayLike, canvas_size: int) -> jax.Array:
@@ -46,15 +47,16 @@ def embed_image(image: ArrayLike, offset: ArrayLike, canvas_size: int) -> jax.Ar
       canvas_size: static int, the side of the square canvas in pixels.
 
     Returns:
-      [canvas_size, canvas_size, C], same dtype as `image`.
+      [canvas_size, canvas_size, C], float32 (`benchmarks.transforms.embed` without resizing).
     """
     image = jnp.asarray(image)
-    h, w, c = image.shape
+    h, w = image.shape[:2]
     if canvas_size < max(h, w):
         raise ValueError(f"canvas_size must be >= the image size {h}x{w}, got {canvas_size!r}.")
-    canvas = jnp.zeros((canvas_size, canvas_size, c), image.dtype)
-    offset = jnp.asarray(offset, jnp.int32)
-    return jax.lax.dynamic_update_slice(canvas, image, (offset[0], offset[1], 0))
+    offset = jnp.clip(
+        jnp.asarray(offset, jnp.int32), 0, jnp.array([canvas_size - h, canvas_size - w])
+    )
+    return transforms.embed(image, offset, canvas_size=(canvas_size,) * 2, image_size=(h, w))
 
 
 def random_shift(key: ArrayLike, image: ArrayLike, max_shift: int) -> jax.Array:

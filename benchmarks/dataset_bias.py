@@ -15,8 +15,8 @@ map of centres) and sizes.png (histograms of the sizes). Malformed boxes are cou
 the canvas), then puts each test digit at distance r (--offsets) from the canvas centre in
 --num_directions directions and measures accuracy there and P(top-1 change) under 1-px shifts
 around it (--local_sweep of +-local_shift px, one evaluator sweep per position). A digit is the
-central --box_size px of each image (the embedded digits: their 20 px digit; MNIST: its 20 px
-box), resized to --digit_size and pasted into a black --canvas_size canvas. Writes
+central --box_size px of each image (the embedded digits: their 20 px digit; MNIST: 24 px
+keep all but 0.3% of its ink), resized to --digit_size, pasted into a black --canvas_size canvas. Writes
 experiment.json, experiment.csv, accuracy.png and p_top1_change.png (metric against r, a line
 per bias), placements.png (where each bias put the training digits) and prints the table.
 Each bias trains in --output_dir/<bias>/checkpoint and caches its result, so a rerun is cheap.
@@ -43,6 +43,7 @@ FLAGS = flags.FLAGS
 sb_flags.define_data_flags(default_split="test")
 sb_flags.define_eval_flags(default_output_dir="runs/dataset_bias")
 sb_flags.define_model_flags(default_model="vgg_small")
+FLAGS.set_default("width", 8)
 flags.DEFINE_enum("mode", "stats", ["stats", "experiment"], "Box statistics or the experiment.")
 # --mode=stats
 flags.DEFINE_string("bbox_feature", None, "Box feature, e.g. 'objects/bbox' (default: the first).")
@@ -72,7 +73,6 @@ flags.DEFINE_string("train_split", "train", "Split to train on (TFDS slicing hon
 flags.DEFINE_integer(
     "num_train", None, "Train on the first N digits (default: all).", lower_bound=1
 )
-flags.DEFINE_integer("width", 8, "Model width.", lower_bound=1)
 flags.DEFINE_enum("head", "gap", ["gap", "flatten"], "Model head (global pooling or flatten).")
 flags.DEFINE_integer("train_steps", 300, "Optimizer steps per bias.", lower_bound=1)
 flags.DEFINE_integer("train_batch_size", 64, "Training batch size.", lower_bound=1)
@@ -119,13 +119,20 @@ def open_boxes(
         builder = tfds.builder(name, data_dir=searched)
     except tfds.core.registered.DatasetNotFoundError:
         raise data.DataError(f"--dataset={name!r} is not a TFDS dataset name.") from None
+    except ImportError as e:  # the builder's code needs TensorFlow (e.g. coco's)
+        raise data.DataError(
+            f"--dataset={name!r} is not prepared in --data_dir={searched!r}, and building it "
+            f"from its TFDS code needs a module that is missing ({str(e).rsplit(': ', 1)[-1]})."
+        ) from None
     paths = bbox_features(builder.info.features)
     names = ["/".join(p) for p in paths]
-    if not paths or (bbox_feature is not None and bbox_feature not in names):
+    if not paths:
         raise data.DataError(
-            f"--dataset={name!r} has no box feature {bbox_feature or ''} (BBoxFeature paths: "
-            f"{names}); --bbox_feature picks one. (--mode=experiment needs no boxes.)"
+            f"--dataset={name!r} has no BBoxFeature: --mode=stats reads a detection dataset "
+            "(voc, coco, ...); --mode=experiment needs no boxes."
         )
+    if bbox_feature is not None and bbox_feature not in names:
+        raise data.DataError(f"--bbox_feature={bbox_feature!r}: {name!r} has boxes at {names}.")
     try:
         source = builder.as_data_source(split=split)
     except (ValueError, KeyError, NotImplementedError, FileNotFoundError, AssertionError) as e:
@@ -305,11 +312,8 @@ def run_bias(
 ) -> dict[str, Any]:
     """Trains (or restores) the net on digits placed with `bias`; measures it at each r.
     Cached in workdir/result.json."""
-    fields = {
-        "width": FLAGS.width,
-        "head": FLAGS.head,
-        **{k: v for k, v in sb_flags.switch_from_flags().items() if v is not None},
-    }
+    switch = sb_flags.switch_from_flags()
+    fields = {"head": FLAGS.head, **{k: v for k, v in switch.items() if v is not None}}
     fingerprint = {
         "bias": bias.name,
         "model": FLAGS.model,
@@ -389,12 +393,8 @@ def run_experiment() -> None:
         )
     except ValueError as e:
         raise sb_flags.FlagError(f"training flags: {e}") from None
-    eval_config = evaluate.EvalConfig(
-        chunk_size=min(FLAGS.chunk_size, len(geo.local)),
-        flip_distance=FLAGS.flip_distance,
-        num_pairs=FLAGS.num_pairs,
-        worst_of_k=FLAGS.worst_of_k,
-        seed=FLAGS.seed,
+    eval_config = dataclasses.replace(
+        sb_flags.eval_config_from_flags(), chunk_size=min(FLAGS.chunk_size, len(geo.local))
     )
     results = [
         run_bias(

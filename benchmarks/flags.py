@@ -133,17 +133,21 @@ def define_model_flags(default_model: str = "resnet20") -> None:
         "full_stages", None, "Remove subsampling from the last k stages.", lower_bound=0
     )
     flags.DEFINE_enum("padding", None, list(PADDING_MODES), "Conv padding: zero | circular.")
+    flags.DEFINE_integer(
+        "width", None, "Width of the small nets (default: the model's).", lower_bound=1
+    )
     flags.DEFINE_string("checkpoint", None, "Training directory (benchmarks.train) to load.")
     flags.DEFINE_string("weights", None, "Keras HDF5 weights: 'imagenet' or a path.")
 
 
 def switch_from_flags() -> dict:
-    """The subsampling switch flags as model fields (None = the model's default)."""
+    """The subsampling switch and width flags as model fields (None = the model's default)."""
     return {
         "stride_mode": FLAGS.stride_mode,
         "blur_size": FLAGS.blur_size,
         "full_stages": FLAGS.full_stages,
         "padding": FLAGS.padding,
+        "width": FLAGS.width,
     }
 
 
@@ -186,6 +190,19 @@ def flag_values() -> dict:
         for f in defined
     ]
     return {f.name: f.value for f in sorted(ours, key=lambda f: f.name)}
+
+
+def eval_config_from_flags():
+    """The `benchmarks.evaluate.EvalConfig` of --chunk_size, --flip_distance, --num_pairs, ..."""
+    from benchmarks import evaluate
+
+    return evaluate.EvalConfig(
+        chunk_size=FLAGS.chunk_size,
+        flip_distance=FLAGS.flip_distance,
+        num_pairs=FLAGS.num_pairs,
+        worst_of_k=FLAGS.worst_of_k,
+        seed=FLAGS.seed,
+    )
 
 
 def protocol_from_flags(image_shape: tuple[int, ...]) -> protocols.Protocol:

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from benchmarks import classifiers, data, evaluate, report
+from benchmarks import data, evaluate, report
 from benchmarks import flags as sb_flags
 
 FLAGS = flags.FLAGS
@@ -42,13 +42,7 @@ def main(argv: list[str]) -> None:
     image_shape = data.example_shape(dataset, FLAGS.image_size)
     protocol = sb_flags.protocol_from_flags(image_shape)
     classifier = sb_flags.classifier_from_flags(dataset.num_classes, protocol.output_shape)
-    config = evaluate.EvalConfig(
-        chunk_size=FLAGS.chunk_size,
-        flip_distance=FLAGS.flip_distance,
-        num_pairs=FLAGS.num_pairs,
-        worst_of_k=FLAGS.worst_of_k,
-        seed=FLAGS.seed,
-    )
+    config = sb_flags.eval_config_from_flags()
     evaluator = evaluate.Evaluator(
         classifier.logits, protocol.transform, FLAGS.batch_size, config, classifier.variables
     )

@@ -53,7 +53,6 @@ flags.DEFINE_list("variants", ["subsample", "blur", "aps", "full"], "Variants to
 flags.DEFINE_list("seeds", ["0"], "Training seeds (repeats of every variant).")
 flags.DEFINE_list("protocols", ["crop", "embed", "circular"], "Protocols to evaluate.")
 flags.DEFINE_integer("max_shift", 4, "Shift range of the protocols (px).", lower_bound=1)
-flags.DEFINE_integer("width", None, "Model width (default: the model's).", lower_bound=1)
 flags.DEFINE_enum("optimizer", "adam", list(train.OPTIMIZERS), "Optimizer.")
 flags.DEFINE_float("learning_rate", 3e-3, "Peak learning rate.", lower_bound=0.0)
 flags.DEFINE_enum("schedule", "cosine", list(train.SCHEDULES), "Learning-rate schedule.")
@@ -144,7 +143,8 @@ def run_variant(
 ) -> dict[str, Any]:
     """Trains (or restores) one variant and measures it; cached in workdir/result.json."""
     fields = parse_variant(spec, FLAGS.blur_size or 4)
-    fields.update({k: v for k, v in (("padding", FLAGS.padding), ("width", FLAGS.width)) if v})
+    switch = sb_flags.switch_from_flags()
+    fields.update({k: switch[k] for k in ("padding", "width") if switch[k] is not None})
     fingerprint = {
         "model": FLAGS.model,
         "fields": fields,
@@ -243,13 +243,7 @@ def main(argv: list[str]) -> None:
         )
         eval_data = (np.asarray(centred), eval_data[1])
     protos = ablation_protocols(eval_data[0].shape[1:], FLAGS.protocols, FLAGS.max_shift)
-    eval_config = evaluate.EvalConfig(
-        chunk_size=FLAGS.chunk_size,
-        num_pairs=FLAGS.num_pairs,
-        worst_of_k=FLAGS.worst_of_k,
-        flip_distance=FLAGS.flip_distance,
-        seed=FLAGS.seed,
-    )
+    eval_config = sb_flags.eval_config_from_flags()
     results = []
     for seed in seeds:
         try:

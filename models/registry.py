@@ -9,6 +9,8 @@ To add a model, add one line `'name': (constructor, input_size)` to `_ENTRIES`.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -41,7 +43,14 @@ def _check_name(name: str) -> None:
 def build(name: str, **fields) -> nn.Module:
     """The model `name` with its fields overridden by `fields` (e.g. stride_mode='blur')."""
     _check_name(name)
-    return MODELS[name](**fields)
+    ctor = MODELS[name]
+    module = ctor.func if isinstance(ctor, functools.partial) else ctor
+    known = {f.name for f in dataclasses.fields(module)} - {'parent', 'name'}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f'model {name!r} has no field(s) {unknown}; its fields are '
+                         f'{sorted(known)}')
+    return ctor(**fields)
 
 
 def input_size(name: str) -> int:

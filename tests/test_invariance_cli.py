@@ -7,23 +7,24 @@ import subprocess
 import sys
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_TFDS = os.path.join(ROOT, "..", "shared", "data", "tfds")
+from cli import ROOT, SHARED_TFDS, fails_with_one_line, run_module
 
 
 def _run(*args, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "benchmarks.invariance", *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=timeout,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    )
+    return run_module("benchmarks.invariance", *args, timeout=timeout)
 
 
 def test_writes_json_csv_and_plots(tmp_path):
     out = tmp_path / "run"
-    res = _run("--model=allconv", "--dataset=digits", "--split=test[:40]", "--batch_size=16",
-               "--transform=circular", "--max_shift=2", f"--output_dir={out}")
+    res = _run(
+        "--model=allconv",
+        "--dataset=digits",
+        "--split=test[:40]",
+        "--batch_size=16",
+        "--transform=circular",
+        "--max_shift=2",
+        f"--output_dir={out}",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     record = json.loads((out / "results.json").read_text())
     assert set(record) >= {"config", "metrics", "versions", "wall_time_s"}
@@ -37,8 +38,15 @@ def test_writes_json_csv_and_plots(tmp_path):
     for png in ("sweep.png", "curves.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     # Running again finds the finished evaluation and returns the same numbers.
-    again = _run("--model=allconv", "--dataset=digits", "--split=test[:40]", "--batch_size=16",
-                 "--transform=circular", "--max_shift=2", f"--output_dir={out}")
+    again = _run(
+        "--model=allconv",
+        "--dataset=digits",
+        "--split=test[:40]",
+        "--batch_size=16",
+        "--transform=circular",
+        "--max_shift=2",
+        f"--output_dir={out}",
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((out / "results.json").read_text())["metrics"] == record["metrics"]
 
@@ -57,14 +65,31 @@ def test_writes_json_csv_and_plots(tmp_path):
 )
 def test_bad_flags_fail_with_one_clear_line(flag, expected, tmp_path):
     res = _run(flag, f"--output_dir={tmp_path}", timeout=120)
-    assert res.returncode != 0
-    lines = [l for l in res.stderr.splitlines() if expected in l]
-    assert lines, res.stderr[-2000:]
-    assert "Traceback" not in res.stderr
+    assert fails_with_one_line(res, expected), res.stderr[-2000:]
 
 
 @pytest.mark.skipif(not os.path.isdir(SHARED_TFDS), reason="../shared/data is not present")
 def test_missing_dataset_names_the_data_dir(tmp_path):
-    res = _run("--dataset=cifar100", f"--data_dir={SHARED_TFDS}", f"--output_dir={tmp_path}",
-               timeout=120)
+    res = _run(
+        "--dataset=cifar100", f"--data_dir={SHARED_TFDS}", f"--output_dir={tmp_path}", timeout=120
+    )
     assert res.returncode == 2 and "not prepared" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_batch_not_divisible_by_the_device_count(tmp_path, monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    res = _run("--batch_size=12", f"--output_dir={tmp_path}", timeout=120)
+    assert fails_with_one_line(res, "--batch_size=12"), res.stderr[-2000:]
+    assert "(8)" in res.stderr
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_TFDS), reason="../shared/data is not present")
+def test_evaluation_needs_no_tensorflow():
+    code = (
+        "import sys; from benchmarks import data, evaluate, invariance;"
+        f"ds = data.open_dataset('mnist', 'test[:4]', {SHARED_TFDS!r}); data.load_arrays(ds);"
+        "print('tensorflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"

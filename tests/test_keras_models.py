@@ -40,8 +40,12 @@ CASES = {
 
 def _slow_irv2(*cases):
     """Parametrize cases; those of inception_resnet_v2 (first element) marked slow."""
-    return [pytest.param(*c, marks=pytest.mark.slow) if c[0] == "inception_resnet_v2"
-            else pytest.param(*c) for c in cases]
+    return [
+        pytest.param(*c, marks=pytest.mark.slow)
+        if c[0] == "inception_resnet_v2"
+        else pytest.param(*c)
+        for c in cases
+    ]
 
 
 @dataclasses.dataclass
@@ -92,11 +96,14 @@ def _make_reference(name: str, directory) -> Reference:
     constructor, module, size = CASES[name]
     keras.utils.set_random_seed(SEED)
     model = getattr(keras.applications, constructor)(
-        weights=None, input_shape=(size, size, 3), classifier_activation=None)
+        weights=None, input_shape=(size, size, 3), classifier_activation=None
+    )
     _randomise(model, np.random.default_rng(SEED))
     images = np.random.default_rng(SEED + 1).random((2, size, size, 3), dtype=np.float32)
-    files = {"keras3": str(directory / f"{name}.weights.h5"),
-             "legacy": str(directory / f"{name}_tf_dim_ordering_tf_kernels.h5")}
+    files = {
+        "keras3": str(directory / f"{name}.weights.h5"),
+        "legacy": str(directory / f"{name}_tf_dim_ordering_tf_kernels.h5"),
+    }
     model.save_weights(files["keras3"])
     write_legacy_h5(model, files["legacy"])
     return Reference(model, size, images, _keras_logits(model, module, images), files)
@@ -121,8 +128,11 @@ def _random_variables(name: str) -> dict:
     Only VGG16's (fully connected head) depend on the input size.
     """
     size = CASES[name][2]
-    template = jax.eval_shape(registry.build(name).init, jax.random.key(SEED),
-                              jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+    template = jax.eval_shape(
+        registry.build(name).init,
+        jax.random.key(SEED),
+        jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
+    )
     rng = np.random.default_rng(SEED)
 
     def fill(path, leaf):
@@ -158,29 +168,48 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def test_canonical_layer_names_renumber_keras_automatic_names():
-    names = ["conv2d", "conv2d_10", "conv2d_2", "conv2d_1", "batch_normalization_7",
-             "block35_1_conv", "conv_7b_bn", "dense_3"]
+    names = [
+        "conv2d",
+        "conv2d_10",
+        "conv2d_2",
+        "conv2d_1",
+        "batch_normalization_7",
+        "block35_1_conv",
+        "conv_7b_bn",
+        "dense_3",
+    ]
     assert keras_weights.canonical_layer_names(names) == {
-        "conv2d": "conv2d_1", "conv2d_1": "conv2d_2", "conv2d_2": "conv2d_3",
-        "conv2d_10": "conv2d_4", "batch_normalization_7": "batch_normalization_1",
-        "block35_1_conv": "block35_1_conv", "conv_7b_bn": "conv_7b_bn", "dense_3": "dense_1"}
+        "conv2d": "conv2d_1",
+        "conv2d_1": "conv2d_2",
+        "conv2d_2": "conv2d_3",
+        "conv2d_10": "conv2d_4",
+        "batch_normalization_7": "batch_normalization_1",
+        "block35_1_conv": "block35_1_conv",
+        "conv_7b_bn": "conv_7b_bn",
+        "dense_3": "dense_1",
+    }
 
 
-@pytest.mark.parametrize("mode,module", [("caffe", "vgg16"), ("caffe", "resnet50"),
-                                         ("tf", "inception_resnet_v2")])
+@pytest.mark.parametrize(
+    "mode,module", [("caffe", "vgg16"), ("caffe", "resnet50"), ("tf", "inception_resnet_v2")]
+)
 def test_keras_preprocess_matches_keras(mode, module):
     images = np.random.default_rng(3).random((2, 5, 4, 3), dtype=np.float32)
     expected = getattr(keras.applications, module).preprocess_input(255.0 * images)
     np.testing.assert_allclose(keras_preprocess(images, mode), expected, rtol=1e-6, atol=1e-4)
-    np.testing.assert_allclose(jax.jit(keras_preprocess, static_argnums=1)(images, mode),
-                               expected, rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(
+        jax.jit(keras_preprocess, static_argnums=1)(images, mode), expected, rtol=1e-6, atol=1e-4
+    )
 
 
-@pytest.mark.parametrize("images,mode,match", [
-    (np.zeros((1, 4, 4, 3)), "torch", "mode"),
-    (np.zeros((4, 4, 3)), "caffe", "images"),
-    (np.zeros((1, 4, 4, 1)), "tf", "images"),
-])
+@pytest.mark.parametrize(
+    "images,mode,match",
+    [
+        (np.zeros((1, 4, 4, 3)), "torch", "mode"),
+        (np.zeros((4, 4, 3)), "caffe", "images"),
+        (np.zeros((1, 4, 4, 1)), "tf", "images"),
+    ],
+)
 def test_keras_preprocess_rejects_bad_input(images, mode, match):
     with pytest.raises(ValueError, match=match):
         keras_preprocess(images, mode)
@@ -203,8 +232,7 @@ def test_port_matches_keras(reference, name):
     # the test's legacy file is laid out as Keras' ImageNet files: Keras itself reads it
     ref.model.set_weights([np.zeros_like(w) for w in ref.model.get_weights()])
     ref.model.load_weights(ref.files["legacy"])
-    np.testing.assert_array_equal(_keras_logits(ref.model, CASES[name][1], ref.images),
-                                  ref.logits)
+    np.testing.assert_array_equal(_keras_logits(ref.model, CASES[name][1], ref.images), ref.logits)
 
 
 def test_mismatched_file_names_first_bad_layer(reference, tmp_path):
@@ -215,8 +243,11 @@ def test_mismatched_file_names_first_bad_layer(reference, tmp_path):
     with h5py.File(bad, "r+") as f:
         del f["block1_conv2/block1_conv2/kernel:0"]
         f["block1_conv2/block1_conv2"].create_dataset("kernel:0", data=np.zeros((3, 3, 64, 32)))
-    with pytest.raises(ValueError, match=r"'block1_conv2', kernel: expected shape "
-                                         r"\(3, 3, 64, 64\), found \(3, 3, 64, 32\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"'block1_conv2', kernel: expected shape "
+        r"\(3, 3, 64, 64\), found \(3, 3, 64, 32\)",
+    ):
         keras_weights.load_keras_weights("vgg16", str(bad), ref.size)
     with pytest.raises(ValueError, match="no weights for layer 'conv1_bn'"):
         keras_weights.load_keras_weights("resnet50", ref.files["keras3"])
@@ -237,8 +268,11 @@ def test_read_legacy_file_with_split_attributes(tmp_path):
         group = f.create_group("model_weights")  # the layout of a full-model file
         group.attrs["layer_names0"] = [b"fc1", b"flatten"]
         group.attrs["layer_names1"] = [b"fc2"]
-        for name, arrays in [("fc1", [np.ones((2, 3)), np.zeros(3)]), ("flatten", []),
-                             ("fc2", [np.full((3, 1), 2.0)])]:
+        for name, arrays in [
+            ("fc1", [np.ones((2, 3)), np.zeros(3)]),
+            ("flatten", []),
+            ("fc2", [np.full((3, 1), 2.0)]),
+        ]:
             layer = group.create_group(name)
             layer.attrs["weight_names"] = [f"{name}/w{i}:0".encode() for i in range(len(arrays))]
             for i, array in enumerate(arrays):
@@ -263,30 +297,47 @@ def test_keras_to_flax_counts_and_extra_layers():
 
 def test_keras_to_flax_batch_norm_order():
     """Keras (gamma, beta, moving_mean, moving_variance) -> scale, bias, mean, var."""
-    template = {"params": {"bn": {"scale": jnp.zeros(2), "bias": jnp.zeros(2)}},
-                "batch_stats": {"bn": {"mean": jnp.zeros(2), "var": jnp.zeros(2)}}}
+    template = {
+        "params": {"bn": {"scale": jnp.zeros(2), "bias": jnp.zeros(2)}},
+        "batch_stats": {"bn": {"mean": jnp.zeros(2), "var": jnp.zeros(2)}},
+    }
     layers = {"bn": [np.full(2, float(i)) for i in range(4)]}
     variables = keras_weights.keras_to_flax(layers, template)
     assert {k: float(v[0]) for k, v in variables["params"]["bn"].items()} == {
-        "scale": 0.0, "bias": 1.0}
+        "scale": 0.0,
+        "bias": 1.0,
+    }
     assert {k: float(v[0]) for k, v in variables["batch_stats"]["bn"].items()} == {
-        "mean": 2.0, "var": 3.0}
+        "mean": 2.0,
+        "var": 3.0,
+    }
 
 
 @pytest.mark.parametrize("name", _slow_irv2(*[(n,) for n in CASES]))
 def test_every_variant_has_the_same_parameter_tree(name):
     size = CASES[name][2]
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-    shapes = [_shapes(jax.eval_shape(registry.build(name, **fields).init, jax.random.key(0), x))
-              for fields in [{}, {"stride_mode": "blur"}, {"stride_mode": "full"},
-                             {"stride_mode": "aps", "padding": "circular"}]]
+    shapes = [
+        _shapes(jax.eval_shape(registry.build(name, **fields).init, jax.random.key(0), x))
+        for fields in [
+            {},
+            {"stride_mode": "blur"},
+            {"stride_mode": "full"},
+            {"stride_mode": "aps", "padding": "circular"},
+        ]
+    ]
     assert all(s == shapes[0] for s in shapes[1:])
 
 
-@pytest.mark.parametrize("name,fields,size", _slow_irv2(
-    # 'full' everywhere costs ~s^2 more compute, hence ResNet50 at 8 px
-    ("vgg16", {"full_stages": 2}, 64), ("resnet50", {"stride_mode": "full"}, 8),
-    ("inception_resnet_v2", {"full_stages": 2}, 75)))
+@pytest.mark.parametrize(
+    "name,fields,size",
+    _slow_irv2(
+        # 'full' everywhere costs ~s^2 more compute, hence ResNet50 at 8 px
+        ("vgg16", {"full_stages": 2}, 64),
+        ("resnet50", {"stride_mode": "full"}, 8),
+        ("inception_resnet_v2", {"full_stages": 2}, 75),
+    ),
+)
 def test_full_variant_sampled_on_lattice_is_subsample(name, fields, size):
     variables = _random_variables(name)
     images = np.random.default_rng(SEED).random((1, size, size, 3), dtype=np.float32)
@@ -304,8 +355,9 @@ def test_full_variant_sampled_on_lattice_is_subsample(name, fields, size):
 
 def _circular_shifts(images):
     """A different circular shift of each image [N, H, W, 3]."""
-    return jnp.stack([jnp.roll(image, (3 * i + 1, 1 - 5 * i), (0, 1))
-                      for i, image in enumerate(images)])
+    return jnp.stack(
+        [jnp.roll(image, (3 * i + 1, 1 - 5 * i), (0, 1)) for i, image in enumerate(images)]
+    )
 
 
 @pytest.mark.parametrize("name", _slow_irv2(*[(n,) for n in CASES]))
@@ -327,7 +379,7 @@ def test_aps_batched_looped_vmapped_agree():
     images = jnp.concatenate([images, _circular_shifts(images)])
     apply = _jitted_apply("resnet50", stride_mode="aps", padding="circular")
     logits = apply(variables, images)[0]
-    looped = jnp.concatenate([apply(variables, images[i:i + 1])[0] for i in range(4)])
+    looped = jnp.concatenate([apply(variables, images[i : i + 1])[0] for i in range(4)])
     vmapped = jax.vmap(lambda x: apply(variables, x[None])[0][0])(images)
     assert _relative_error(looped, logits) < 1e-5
     assert _relative_error(vmapped, logits) < 1e-5
@@ -336,26 +388,32 @@ def test_aps_batched_looped_vmapped_agree():
     assert _relative_error(plain[2:], plain[:2]) > 1e-2
 
 
-@pytest.mark.parametrize("name,fields,expected", [
-    ("vgg16", {}, (2, 4, 8, 16, 32)),
-    ("vgg16", {"full_stages": 2}, (2, 4, 8, 8, 8)),
-    ("resnet50", {}, (4, 4, 8, 16, 32)),
-    ("resnet50", {"stride_mode": "blur", "full_stages": 3}, (4, 4, 4, 4, 4)),
-    ("resnet50", {"stride_mode": "full"}, (1, 1, 1, 1, 1)),
-    ("inception_resnet_v2", {"full_stages": 1}, (2, 4, 8, 16, 16)),
-])
+@pytest.mark.parametrize(
+    "name,fields,expected",
+    [
+        ("vgg16", {}, (2, 4, 8, 16, 32)),
+        ("vgg16", {"full_stages": 2}, (2, 4, 8, 8, 8)),
+        ("resnet50", {}, (4, 4, 8, 16, 32)),
+        ("resnet50", {"stride_mode": "blur", "full_stages": 3}, (4, 4, 4, 4, 4)),
+        ("resnet50", {"stride_mode": "full"}, (1, 1, 1, 1, 1)),
+        ("inception_resnet_v2", {"full_stages": 1}, (2, 4, 8, 16, 16)),
+    ],
+)
 def test_feature_strides(name, fields, expected):
     strides = registry.build(name, **fields).feature_strides()
     assert strides == {f"stage{k}": s for k, s in enumerate(expected, start=1)}
 
 
-@pytest.mark.parametrize("name,fields,match", [
-    ("vgg16", {"stride_mode": "strided"}, "stride_mode"),
-    ("vgg16", {"full_stages": 6}, "full_stages"),
-    ("resnet50", {"full_stages": 5}, "full_stages"),
-    ("inception_resnet_v2", {"blur_size": 8}, "blur_size"),
-    ("inception_resnet_v2", {"padding": "reflect"}, "padding"),
-])
+@pytest.mark.parametrize(
+    "name,fields,match",
+    [
+        ("vgg16", {"stride_mode": "strided"}, "stride_mode"),
+        ("vgg16", {"full_stages": 6}, "full_stages"),
+        ("resnet50", {"full_stages": 5}, "full_stages"),
+        ("inception_resnet_v2", {"blur_size": 8}, "blur_size"),
+        ("inception_resnet_v2", {"padding": "reflect"}, "padding"),
+    ],
+)
 def test_bad_fields_raise(name, fields, match):
     with pytest.raises(ValueError, match=match):
         registry.build(name, **fields)

@@ -57,6 +57,26 @@ def test_ablation_writes_everything_and_reuses_finished_variants(tmp_path):
     assert "| variant | seed |" in res.stdout
     for png in ("metrics.png", "curves.png", "equivariance.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    # The invariance CLI loads the trained checkpoint and measures the same numbers.
+    inv = run_module(
+        "benchmarks.invariance",
+        "--model=vgg_small",
+        "--width=4",
+        "--stride_mode=subsample",
+        f"--checkpoint={out / 'subsample_seed0' / 'checkpoint'}",
+        "--dataset=digits",
+        "--split=test",
+        "--num_images=32",
+        "--batch_size=16",
+        "--transform=crop",
+        "--max_shift=4",
+        f"--output_dir={tmp_path / 'inv'}",
+    )
+    assert inv.returncode == 0, inv.stderr[-3000:]
+    got = json.loads((tmp_path / "inv" / "results.json").read_text())["metrics"]
+    want = variants["subsample/seed0"]["protocols"]["crop"]["metrics"]
+    for key in ("accuracy", "p_top1_change", "mac", "consistency"):
+        assert got[key] == pytest.approx(want[key], abs=1e-6), key
     # Run again: nothing is retrained or re-evaluated.
     again = _run(*args)
     assert again.returncode == 0, again.stderr[-3000:]

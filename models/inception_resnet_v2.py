@@ -44,19 +44,39 @@ class _ConvBN:
     def __init__(self, padding_mode: str, train: bool):
         self.padding_mode, self.train, self.created = padding_mode, train, 0
 
-    def __call__(self, x: jax.Array, features: int, kernel: int | tuple[int, int],
-                 dilation: int, stride: int = 1, padding: str = "SAME", name: str | None = None,
-                 ) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        features: int,
+        kernel: int | tuple[int, int],
+        dilation: int,
+        stride: int = 1,
+        padding: str = "SAME",
+        name: str | None = None,
+    ) -> jax.Array:
         """Conv (no bias) + BN (no scale) + ReLU: x [N, H, W, C] -> [N, h, w, features]."""
         if name is None:
             self.created += 1
             name, bn_name = f"conv2d_{self.created}", f"batch_normalization_{self.created}"
         else:
             bn_name = f"{name}_bn"
-        x = Conv(features, kernel, stride, padding, dilation, self.padding_mode, use_bias=False,
-                 name=name)(x)
-        x = nn.BatchNorm(use_running_average=not self.train, use_scale=False,
-                         momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=bn_name)(x)
+        x = Conv(
+            features,
+            kernel,
+            stride,
+            padding,
+            dilation,
+            self.padding_mode,
+            use_bias=False,
+            name=name,
+        )(x)
+        x = nn.BatchNorm(
+            use_running_average=not self.train,
+            use_scale=False,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            name=bn_name,
+        )(x)
         return nn.relu(x)
 
 
@@ -86,8 +106,15 @@ class InceptionResNetV2(KerasPort):
     PREPROCESSING = "tf"
     MIN_IMAGE_SIZE = 75  # Keras' minimum: the VALID stem and reduction layers
 
-    def _residual(self, x: jax.Array, conv_bn: _ConvBN, block: str, index: int, dilation: int,
-                  scale: float | None = None) -> jax.Array:
+    def _residual(
+        self,
+        x: jax.Array,
+        conv_bn: _ConvBN,
+        block: str,
+        index: int,
+        dilation: int,
+        scale: float | None = None,
+    ) -> jax.Array:
         """Keras inception_resnet_block '<block>_<index>': x + scale * conv(concat(branches))."""
         default_scale, branches = _BLOCKS[block]
         outputs = []
@@ -96,20 +123,26 @@ class InceptionResNetV2(KerasPort):
             for features, kernel in branch:
                 h = conv_bn(h, features, kernel, dilation)
             outputs.append(h)
-        up = Conv(x.shape[-1], 1, 1, "SAME", dilation, self.padding,
-                  name=f"{block}_{index}_conv")(jnp.concatenate(outputs, axis=-1))
+        up = Conv(x.shape[-1], 1, 1, "SAME", dilation, self.padding, name=f"{block}_{index}_conv")(
+            jnp.concatenate(outputs, axis=-1)
+        )
         return x + (default_scale if scale is None else scale) * up
 
-    def _reduction(self, x: jax.Array, conv_bn: _ConvBN, block: str, sub: Subsampler
-                   ) -> jax.Array:
+    def _reduction(self, x: jax.Array, conv_bn: _ConvBN, block: str, sub: Subsampler) -> jax.Array:
         """mixed_6a / mixed_7a: stride-2 branches and max pool, concatenated, then `sub`."""
         outputs = []
         for branch in _REDUCTIONS[block]:
             h = x
             for i, (features, kernel) in enumerate(branch, start=1):
                 last = i == len(branch)
-                h = conv_bn(h, features, kernel, sub.dilation, sub.op_stride if last else 1,
-                            "VALID" if last else "SAME")
+                h = conv_bn(
+                    h,
+                    features,
+                    kernel,
+                    sub.dilation,
+                    sub.op_stride if last else 1,
+                    "VALID" if last else "SAME",
+                )
             outputs.append(h)
         outputs.append(max_pool(x, 3, sub.op_stride, "VALID", sub.dilation, self.padding))
         return sub.downsample(jnp.concatenate(outputs, axis=-1))

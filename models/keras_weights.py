@@ -41,13 +41,18 @@ KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-application
 CACHE_ENV = "SHIFTBENCH_CACHE"
 # model name -> (ImageNet weights with top, below KERAS_WEIGHTS_URL; Keras' md5 of it)
 IMAGENET_FILES = {
-    "vgg16": ("vgg16/vgg16_weights_tf_dim_ordering_tf_kernels.h5",
-              "64373286793e3c8b2b4e3219cbf3544b"),
-    "resnet50": ("resnet/resnet50_weights_tf_dim_ordering_tf_kernels.h5",
-                 "2cb95161c43110f7111970584f804107"),
+    "vgg16": (
+        "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+        "64373286793e3c8b2b4e3219cbf3544b",
+    ),
+    "resnet50": (
+        "resnet/resnet50_weights_tf_dim_ordering_tf_kernels.h5",
+        "2cb95161c43110f7111970584f804107",
+    ),
     "inception_resnet_v2": (
         "inception_resnet_v2/inception_resnet_v2_weights_tf_dim_ordering_tf_kernels.h5",
-        "e693bd0210a403b3192acc6073ad2e96"),
+        "e693bd0210a403b3192acc6073ad2e96",
+    ),
 }
 
 _AUTO_NAME = re.compile(r"^(conv2d|batch_normalization|dense)(?:_(\d+))?$")
@@ -105,8 +110,9 @@ def _keras3_layers(group: h5py.Group) -> dict[str, list[np.ndarray]]:
     for layer in group.values():
         variables = layer["vars"]
         if len(variables):
-            layers[_text(variables.attrs["name"])] = [np.asarray(variables[str(i)])
-                                                     for i in range(len(variables))]
+            layers[_text(variables.attrs["name"])] = [
+                np.asarray(variables[str(i)]) for i in range(len(variables))
+            ]
     return layers
 
 
@@ -132,19 +138,23 @@ def read_keras_h5(path: str) -> dict[str, list[np.ndarray]]:
             if "layers" in group:
                 return _keras3_layers(group["layers"])
     except (OSError, KeyError) as error:
-        raise ValueError(f"weights file {path!r} cannot be read as Keras HDF5 weights: "
-                         f"{error}") from error
+        raise ValueError(
+            f"weights file {path!r} cannot be read as Keras HDF5 weights: {error}"
+        ) from error
     raise ValueError(
         f"weights file {path!r} is not a Keras weights file: it has neither a 'layer_names' "
-        "attribute (legacy format) nor a 'layers' group (Keras 3 .weights.h5)")
+        "attribute (legacy format) nor a 'layers' group (Keras 3 .weights.h5)"
+    )
 
 
 def _keras_order(name: str, template: Mapping) -> list[tuple[str, str]]:
     """(collection, variable) pairs of one layer in Keras' variable order."""
     params = template["params"].get(name, {})
     if name in template.get("batch_stats", {}):
-        return ([("params", v) for v in ("scale", "bias") if v in params]
-                + [("batch_stats", "mean"), ("batch_stats", "var")])
+        return [("params", v) for v in ("scale", "bias") if v in params] + [
+            ("batch_stats", "mean"),
+            ("batch_stats", "var"),
+        ]
     return [("params", v) for v in ("kernel", "bias") if v in params]
 
 
@@ -152,8 +162,9 @@ def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def keras_to_flax(layers: Mapping[str, list[np.ndarray]], template: Mapping,
-                  source: str = "weights file") -> dict:
+def keras_to_flax(
+    layers: Mapping[str, list[np.ndarray]], template: Mapping, source: str = "weights file"
+) -> dict:
     """Place Keras layer weights into a flax variables tree of the same model.
 
     Args:
@@ -170,10 +181,10 @@ def keras_to_flax(layers: Mapping[str, list[np.ndarray]], template: Mapping,
         `layers`, has another number of arrays, or an array of another shape (expected vs
         found); or listing the layers of `layers` that the model does not have.
     """
-    found = {canonical: layers[name]
-             for name, canonical in canonical_layer_names(list(layers)).items()}
-    model_layers = sorted({*template["params"], *template.get("batch_stats", {})},
-                          key=_natural_key)
+    found = {
+        canonical: layers[name] for name, canonical in canonical_layer_names(list(layers)).items()
+    }
+    model_layers = sorted({*template["params"], *template.get("batch_stats", {})}, key=_natural_key)
     variables: dict = {collection: {} for collection in template}
     for name in model_layers:
         order = _keras_order(name, template)
@@ -182,13 +193,15 @@ def keras_to_flax(layers: Mapping[str, list[np.ndarray]], template: Mapping,
         if len(found[name]) != len(order):
             raise ValueError(
                 f"{source} does not fit at layer {name!r}: expected {len(order)} arrays "
-                f"({', '.join(var for _, var in order)}), found {len(found[name])}")
+                f"({', '.join(var for _, var in order)}), found {len(found[name])}"
+            )
         for (collection, var), array in zip(order, found[name]):
             expected = tuple(template[collection][name][var].shape)
             if tuple(array.shape) != expected:
                 raise ValueError(
                     f"{source} does not fit at layer {name!r}, {var}: expected shape "
-                    f"{expected}, found {tuple(array.shape)}")
+                    f"{expected}, found {tuple(array.shape)}"
+                )
             variables[collection].setdefault(name, {})[var] = jnp.asarray(array, jnp.float32)
     extra = sorted(set(found) - set(model_layers), key=_natural_key)
     if extra:
@@ -198,8 +211,7 @@ def keras_to_flax(layers: Mapping[str, list[np.ndarray]], template: Mapping,
 
 def _check_model_name(model_name: str) -> None:
     if model_name not in IMAGENET_FILES:
-        raise ValueError(f"model_name must be one of {sorted(IMAGENET_FILES)}, "
-                         f"got {model_name!r}")
+        raise ValueError(f"model_name must be one of {sorted(IMAGENET_FILES)}, got {model_name!r}")
 
 
 def imagenet_weights_path(model_name: str) -> str:
@@ -234,8 +246,9 @@ def imagenet_weights_path(model_name: str) -> str:
                     partial.write(chunk)
         except OSError as error:
             os.unlink(partial.name)
-            raise ValueError(f"cannot download {url} (offline? pass a local copy as the "
-                             f"weights path): {error}") from error
+            raise ValueError(
+                f"cannot download {url} (offline? pass a local copy as the weights path): {error}"
+            ) from error
     if md5.hexdigest() != expected_md5:
         os.unlink(partial.name)
         raise ValueError(f"{url} downloaded with md5 {md5.hexdigest()}, expected {expected_md5}")
@@ -268,6 +281,9 @@ def load_keras_weights(model_name: str, weights: str, image_size: int | None = N
     path = imagenet_weights_path(model_name) if weights == "imagenet" else weights
     layers = read_keras_h5(path)
     size = registry.input_size(model_name) if image_size is None else image_size
-    template = jax.eval_shape(registry.build(model_name).init, jax.random.key(0),
-                              jnp.zeros((1, size, size, 3), jnp.float32))
+    template = jax.eval_shape(
+        registry.build(model_name).init,
+        jax.random.key(0),
+        jnp.zeros((1, size, size, 3), jnp.float32),
+    )
     return keras_to_flax(layers, template, source=f"weights file {path!r}")

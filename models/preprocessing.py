@@ -89,7 +89,7 @@ class KerasPort(nn.Module):
         if self.STAGE_FACTORS[stage - 1] == 1:
             return "subsample"
         modes = stage_modes(self.stride_mode, self.full_stages, self._num_strided())
-        return modes[sum(f > 1 for f in self.STAGE_FACTORS[:stage - 1])]
+        return modes[sum(f > 1 for f in self.STAGE_FACTORS[: stage - 1])]
 
     def _subsampler(self, stage: int, dilation: int) -> Subsampler:
         """The switch of one stride-2 layer of `stage`, whose input is at `dilation`."""
@@ -102,9 +102,11 @@ class KerasPort(nn.Module):
         """
         x = keras_preprocess(images, self.PREPROCESSING)
         if self.padding == "zero" and min(x.shape[1:3]) < self.MIN_IMAGE_SIZE:
-            raise ValueError(f"images must be at least {self.MIN_IMAGE_SIZE} x "
-                             f"{self.MIN_IMAGE_SIZE} pixels for {type(self).__name__} with "
-                             f"padding 'zero', got shape {x.shape}")
+            raise ValueError(
+                f"images must be at least {self.MIN_IMAGE_SIZE} x "
+                f"{self.MIN_IMAGE_SIZE} pixels for {type(self).__name__} with "
+                f"padding 'zero', got shape {x.shape}"
+            )
         return x
 
     def feature_strides(self) -> dict[str, int]:

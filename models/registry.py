@@ -19,17 +19,16 @@ from models import inception_resnet_v2, resnet, small, vgg
 
 _ENTRIES: dict[str, tuple[Callable[..., nn.Module], int]] = {
     # small nets for 28-32 px inputs (models/small.py)
-    'vgg_small': (small.vgg_small, 32),
-    'allconv': (small.allconv, 32),
-    'resnet20': (small.resnet20, 32),
-    'resnet32': (small.resnet32, 32),
-    'resnet44': (small.resnet44, 32),
-    'resnet56': (small.resnet56, 32),
+    "vgg_small": (small.vgg_small, 32),
+    "allconv": (small.allconv, 32),
+    "resnet20": (small.resnet20, 32),
+    "resnet32": (small.resnet32, 32),
+    "resnet44": (small.resnet44, 32),
+    "resnet56": (small.resnet56, 32),
     # the paper's ImageNet models, Keras Applications ports (weights: models/keras_weights.py)
-    'vgg16': (vgg.VGG16, vgg.IMAGE_SIZE),
-    'resnet50': (resnet.ResNet50, resnet.IMAGE_SIZE),
-    'inception_resnet_v2': (inception_resnet_v2.InceptionResNetV2,
-                            inception_resnet_v2.IMAGE_SIZE),
+    "vgg16": (vgg.VGG16, vgg.IMAGE_SIZE),
+    "resnet50": (resnet.ResNet50, resnet.IMAGE_SIZE),
+    "inception_resnet_v2": (inception_resnet_v2.InceptionResNetV2, inception_resnet_v2.IMAGE_SIZE),
 }
 
 MODELS: dict[str, Callable[..., nn.Module]] = {name: ctor for name, (ctor, _) in _ENTRIES.items()}
@@ -37,7 +36,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {name: ctor for name, (ctor, _) in
 
 def _check_name(name: str) -> None:
     if name not in _ENTRIES:
-        raise ValueError(f'model name must be one of {sorted(_ENTRIES)}, got {name!r}')
+        raise ValueError(f"model name must be one of {sorted(_ENTRIES)}, got {name!r}")
 
 
 def build(name: str, **fields) -> nn.Module:
@@ -45,11 +44,12 @@ def build(name: str, **fields) -> nn.Module:
     _check_name(name)
     ctor = MODELS[name]
     module = ctor.func if isinstance(ctor, functools.partial) else ctor
-    known = {f.name for f in dataclasses.fields(module)} - {'parent', 'name'}
+    known = {f.name for f in dataclasses.fields(module)} - {"parent", "name"}
     unknown = sorted(set(fields) - known)
     if unknown:
-        raise ValueError(f'model {name!r} has no field(s) {unknown}; its fields are '
-                         f'{sorted(known)}')
+        raise ValueError(
+            f"model {name!r} has no field(s) {unknown}; its fields are {sorted(known)}"
+        )
     return ctor(**fields)
 
 

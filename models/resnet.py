@@ -39,41 +39,62 @@ class ResNet50(KerasPort):
     STAGE_FACTORS = (4, 1, 2, 2, 2)
     PREPROCESSING = "caffe"
 
-    def _conv_bn(self, x: jax.Array, features: int, kernel: int, stride: int, padding,
-                 dilation: int, name: str, train: bool) -> jax.Array:
+    def _conv_bn(
+        self,
+        x: jax.Array,
+        features: int,
+        kernel: int,
+        stride: int,
+        padding,
+        dilation: int,
+        name: str,
+        train: bool,
+    ) -> jax.Array:
         """Keras' Conv2D (with bias) + BatchNormalization, layers '<name>_conv', '<name>_bn'."""
         x = Conv(features, kernel, stride, padding, dilation, self.padding, name=f"{name}_conv")(x)
-        return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                            epsilon=BN_EPSILON, name=f"{name}_bn")(x)
+        return nn.BatchNorm(
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            name=f"{name}_bn",
+        )(x)
 
-    def _block(self, x: jax.Array, width: int, sub: Subsampler, shortcut: bool, name: str,
-               train: bool) -> jax.Array:
+    def _block(
+        self, x: jax.Array, width: int, sub: Subsampler, shortcut: bool, name: str, train: bool
+    ) -> jax.Array:
         """Keras residual_block_v1: x [N, H, W, C] -> [N, H / f, W / f, 4 width], f = sub.factor."""
-        h = nn.relu(self._conv_bn(x, width, 1, sub.op_stride, "VALID", sub.dilation,
-                                  f"{name}_1", train))
+        h = nn.relu(
+            self._conv_bn(x, width, 1, sub.op_stride, "VALID", sub.dilation, f"{name}_1", train)
+        )
         phase = sub.phase(h)
         h = sub.downsample(h, phase)
         h = nn.relu(self._conv_bn(h, width, 3, 1, "SAME", sub.out_dilation, f"{name}_2", train))
         h = self._conv_bn(h, 4 * width, 1, 1, "VALID", sub.out_dilation, f"{name}_3", train)
         if shortcut:
-            x = sub.downsample(self._conv_bn(x, 4 * width, 1, sub.op_stride, "VALID",
-                                             sub.dilation, f"{name}_0", train), phase)
+            x = sub.downsample(
+                self._conv_bn(
+                    x, 4 * width, 1, sub.op_stride, "VALID", sub.dilation, f"{name}_0", train
+                ),
+                phase,
+            )
         return nn.relu(x + h)
 
     @nn.compact
     def __call__(self, x: ArrayLike, train: bool = False) -> tuple[jax.Array, dict]:
         """x [N, H, W, 3] in [0, 1] -> (logits [N, 1000], per-stage feature maps)."""
         sub = self._subsampler(1, 1)
-        h = nn.relu(self._conv_bn(self._preprocess(x), 64, 7, sub.op_stride, 3, 1, "conv1",
-                                  train))
+        h = nn.relu(self._conv_bn(self._preprocess(x), 64, 7, sub.op_stride, 3, 1, "conv1", train))
         h = sub.downsample(h)
         sub = self._subsampler(1, sub.out_dilation)
         h = sub.downsample(max_pool(h, 3, sub.op_stride, 1, sub.dilation, self.padding))
         dilation, features = sub.out_dilation, {"stage1": h}
         for stage, (width, blocks) in enumerate(STACKS, start=2):
             for block in range(1, blocks + 1):
-                sub = (self._subsampler(stage, dilation) if block == 1 and stage > 2 else
-                       Subsampler("subsample", 1, dilation, self.blur_size, self.padding))
+                sub = (
+                    self._subsampler(stage, dilation)
+                    if block == 1 and stage > 2
+                    else Subsampler("subsample", 1, dilation, self.blur_size, self.padding)
+                )
                 h = self._block(h, width, sub, block == 1, f"conv{stage}_block{block}", train)
                 dilation = sub.out_dilation
             features[f"stage{stage}"] = h

@@ -37,12 +37,21 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from models.subsampling import (MAX_BLUR_SIZE, PADDING_MODES, STRIDE_MODES, Conv, Subsampler,
-                                check_choice, check_int, global_avg_pool, max_pool,
-                                stage_modes)
+from models.subsampling import (
+    MAX_BLUR_SIZE,
+    PADDING_MODES,
+    STRIDE_MODES,
+    Conv,
+    Subsampler,
+    check_choice,
+    check_int,
+    global_avg_pool,
+    max_pool,
+    stage_modes,
+)
 
-HEADS = ('gap', 'flatten')
-SHORTCUTS = ('A', 'B')
+HEADS = ("gap", "flatten")
+SHORTCUTS = ("A", "B")
 NUM_STAGES = 3
 _BN_MOMENTUM = 0.9
 _BN_EPSILON = 1e-5
@@ -55,43 +64,54 @@ class ConvBN(nn.Module):
     kernel_size: int
     stride: int = 1
     dilation: int = 1
-    padding_mode: str = 'zero'
+    padding_mode: str = "zero"
 
     @nn.compact
     def __call__(self, x: ArrayLike, train: bool) -> jax.Array:
         """x [N, H, W, Cin] -> [N, h, w, features]; BN uses batch stats when train."""
-        x = Conv(self.features, self.kernel_size, self.stride, 'SAME', self.dilation,
-                 self.padding_mode, use_bias=False, name='conv')(x)
-        return nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM,
-                            epsilon=_BN_EPSILON, name='bn')(x)
+        x = Conv(
+            self.features,
+            self.kernel_size,
+            self.stride,
+            "SAME",
+            self.dilation,
+            self.padding_mode,
+            use_bias=False,
+            name="conv",
+        )(x)
+        return nn.BatchNorm(
+            use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name="bn"
+        )(x)
 
 
 class SmallNet(nn.Module):
     """Fields and plumbing shared by the small families (see the module docstring)."""
 
     num_classes: int = 10
-    stride_mode: str = 'subsample'
+    stride_mode: str = "subsample"
     blur_size: int = 4
     full_stages: int = 0
-    padding: str = 'zero'
+    padding: str = "zero"
     width: int = 16
     depth: int = 2
-    head: str = 'gap'
+    head: str = "gap"
     mean: Sequence[float] = (0.5,)
     std: Sequence[float] = (0.25,)
 
     def __post_init__(self):
-        check_int('num_classes', self.num_classes)
-        check_choice('stride_mode', self.stride_mode, STRIDE_MODES)
-        check_int('blur_size', self.blur_size, 1, MAX_BLUR_SIZE)
-        check_int('full_stages', self.full_stages, 0, NUM_STAGES - 1)
-        check_choice('padding', self.padding, PADDING_MODES)
-        check_int('width', self.width)
-        check_int('depth', self.depth)
-        check_choice('head', self.head, HEADS)
+        check_int("num_classes", self.num_classes)
+        check_choice("stride_mode", self.stride_mode, STRIDE_MODES)
+        check_int("blur_size", self.blur_size, 1, MAX_BLUR_SIZE)
+        check_int("full_stages", self.full_stages, 0, NUM_STAGES - 1)
+        check_choice("padding", self.padding, PADDING_MODES)
+        check_int("width", self.width)
+        check_int("depth", self.depth)
+        check_choice("head", self.head, HEADS)
         if not self.mean or len(self.mean) != len(self.std) or min(self.std) <= 0:
-            raise ValueError(f'mean and std must be non-empty, of equal lengths, std > 0; got mean '
-                             f'{self.mean!r}, std {self.std!r}')
+            raise ValueError(
+                f"mean and std must be non-empty, of equal lengths, std > 0; got mean "
+                f"{self.mean!r}, std {self.std!r}"
+            )
         super().__post_init__()
 
     def _modes(self) -> tuple[str, ...]:
@@ -100,10 +120,10 @@ class SmallNet(nn.Module):
 
     def feature_strides(self) -> dict[str, int]:
         """Cumulative stride of each returned feature map: {'stage1': 1, 'stage2': 2, ...}."""
-        strides, stride = {'stage1': 1}, 1
+        strides, stride = {"stage1": 1}, 1
         for k, mode in enumerate(self._modes(), start=2):
-            stride *= 1 if mode == 'full' else 2
-            strides[f'stage{k}'] = stride
+            stride *= 1 if mode == "full" else 2
+            strides[f"stage{k}"] = stride
         return strides
 
     def _subsampler(self, stage: int, dilation: int) -> Subsampler:
@@ -113,17 +133,19 @@ class SmallNet(nn.Module):
     def _normalise(self, x: ArrayLike) -> jax.Array:
         x = jnp.asarray(x, jnp.float32)
         if x.ndim != 4 or len(self.mean) not in (1, x.shape[-1]):
-            raise ValueError(f'x must be [N, H, W, C] with C = len(mean) or len(mean) = 1, got '
-                             f'shape {x.shape} and mean {self.mean!r}')
+            raise ValueError(
+                f"x must be [N, H, W, C] with C = len(mean) or len(mean) = 1, got "
+                f"shape {x.shape} and mean {self.mean!r}"
+            )
         return (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
 
     def _head(self, h: jax.Array, dilation: int) -> jax.Array:
         """Logits [N, num_classes] from the last map h, computed at `dilation`."""
-        if self.head == 'gap':
+        if self.head == "gap":
             h = global_avg_pool(h)
         else:
             h = h[:, ::dilation, ::dilation].reshape(h.shape[0], -1)
-        return nn.Dense(self.num_classes, name='classifier')(h)
+        return nn.Dense(self.num_classes, name="classifier")(h)
 
 
 class VGGSmall(SmallNet):
@@ -136,12 +158,13 @@ class VGGSmall(SmallNet):
         for stage in range(1, NUM_STAGES + 1):
             if stage > 1:
                 sub = self._subsampler(stage, dilation)
-                h = max_pool(h, 2, sub.op_stride, 'VALID', dilation, self.padding)
+                h = max_pool(h, 2, sub.op_stride, "VALID", dilation, self.padding)
                 h, dilation = sub.downsample(h), sub.out_dilation
             for _ in range(self.depth):
-                h = nn.relu(ConvBN(self.width * 2 ** (stage - 1), 3, 1, dilation,
-                                   self.padding)(h, train))
-            features[f'stage{stage}'] = h
+                h = nn.relu(
+                    ConvBN(self.width * 2 ** (stage - 1), 3, 1, dilation, self.padding)(h, train)
+                )
+            features[f"stage{stage}"] = h
         return self._head(h, dilation), features
 
 
@@ -159,7 +182,7 @@ class AllConvNet(SmallNet):
                 h, dilation = sub.downsample(h), sub.out_dilation
             for _ in range(self.depth):
                 h = nn.relu(ConvBN(width, 3, 1, dilation, self.padding)(h, train))
-            features[f'stage{stage}'] = h
+            features[f"stage{stage}"] = h
         return self._head(h, dilation), features
 
 
@@ -172,7 +195,7 @@ class BasicBlock(nn.Module):
 
     features: int
     sub: Subsampler
-    shortcut: str = 'A'
+    shortcut: str = "A"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -184,10 +207,10 @@ class BasicBlock(nn.Module):
         h = ConvBN(self.features, 3, 1, sub.out_dilation, pm)(h, train)
         if sub.factor == 1 and x.shape[-1] == self.features:
             return nn.relu(h + x)
-        if self.shortcut == 'B':
-            s = ConvBN(self.features, 1, sub.op_stride, sub.dilation, pm, name='shortcut')(x, train)
+        if self.shortcut == "B":
+            s = ConvBN(self.features, 1, sub.op_stride, sub.dilation, pm, name="shortcut")(x, train)
         else:
-            s = x[:, ::sub.op_stride, ::sub.op_stride]
+            s = x[:, :: sub.op_stride, :: sub.op_stride]
             extra = self.features - x.shape[-1]
             s = jnp.pad(s, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
         return nn.relu(h + sub.downsample(s, phase))
@@ -197,28 +220,33 @@ class CifarResNet(SmallNet):
     """He et al. 2016 CIFAR ResNet (depth 6n + 2) with a stride switch; width = stage-1 width."""
 
     depth: int = 20
-    shortcut: str = 'A'
+    shortcut: str = "A"
 
     def __post_init__(self):
         if not isinstance(self.depth, int) or self.depth < 8 or (self.depth - 2) % 6:
-            raise ValueError(f'depth must be 6n + 2 with n >= 1 (20, 32, 44, 56), got '
-                             f'{self.depth!r}')
-        check_choice('shortcut', self.shortcut, SHORTCUTS)
+            raise ValueError(
+                f"depth must be 6n + 2 with n >= 1 (20, 32, 44, 56), got {self.depth!r}"
+            )
+        check_choice("shortcut", self.shortcut, SHORTCUTS)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: ArrayLike, train: bool = False):
         """x [N, H, W, C] in [0, 1] -> (logits [N, K], {'stage1'..'stage3': [N, h, w, c]})."""
-        h = nn.relu(ConvBN(self.width, 3, 1, 1, self.padding, name='stem')(self._normalise(x),
-                                                                          train))
+        h = nn.relu(
+            ConvBN(self.width, 3, 1, 1, self.padding, name="stem")(self._normalise(x), train)
+        )
         dilation, features = 1, {}
         for stage in range(1, NUM_STAGES + 1):
             for block in range((self.depth - 2) // 6):
-                sub = (self._subsampler(stage, dilation) if stage > 1 and block == 0 else
-                       Subsampler('subsample', 1, dilation, self.blur_size, self.padding))
+                sub = (
+                    self._subsampler(stage, dilation)
+                    if stage > 1 and block == 0
+                    else Subsampler("subsample", 1, dilation, self.blur_size, self.padding)
+                )
                 h = BasicBlock(self.width * 2 ** (stage - 1), sub, self.shortcut)(h, train)
                 dilation = sub.out_dilation
-            features[f'stage{stage}'] = h
+            features[f"stage{stage}"] = h
         return self._head(h, dilation), features
 
 

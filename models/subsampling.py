@@ -76,53 +76,58 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-STRIDE_MODES = ('subsample', 'blur', 'aps', 'full')
-PADDING_MODES = ('zero', 'circular')
-_PAD_FILLS = ('zero', 'circular', 'reflect')
+STRIDE_MODES = ("subsample", "blur", "aps", "full")
+PADDING_MODES = ("zero", "circular")
+_PAD_FILLS = ("zero", "circular", "reflect")
 MAX_BLUR_SIZE = 7
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 Padding = str | int | Sequence[Sequence[int]]
-_NHWC = ('NHWC', 'HWIO', 'NHWC')
+_NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
     """Raise ValueError naming `name` unless `value` is one of `allowed`."""
     if value not in allowed:
-        raise ValueError(f'{name} must be one of {tuple(allowed)}, got {value!r}')
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
 
 
 def check_int(name: str, value: Any, low: int = 1, high: int | None = None) -> None:
     """Raise ValueError naming `name` unless `value` is an int in [low, high] (high: no bound)."""
-    if (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low
-            or (high is not None and value > high)):
-        bound = f'>= {low}' if high is None else f'in [{low}, {high}]'
-        raise ValueError(f'{name} must be an int {bound}, got {value!r}')
+    if (
+        not isinstance(value, (int, np.integer))
+        or isinstance(value, bool)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
 
 
 def _pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
     """An int or a pair of ints as a pair of positive ints (e.g. kernel (kh, kw))."""
     pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
     if len(pair) != 2:
-        raise ValueError(f'{name} must be an int or a pair of ints, got {value!r}')
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     for v in pair:
         check_int(name, v)
     return int(pair[0]), int(pair[1])
 
 
-def resolve_padding(padding: Padding, kernel_size: int | Sequence[int],
-                    padding_mode: str = 'zero') -> Pads:
+def resolve_padding(
+    padding: Padding, kernel_size: int | Sequence[int], padding_mode: str = "zero"
+) -> Pads:
     """Pads ((top, bottom), (left, right)) of a layer, in the units of the `subsample` net.
 
     padding: 'SAME' ((k-1)//2, k//2 per axis), 'VALID', an int p (p each side) or explicit
       ((top, bottom), (left, right)); kernel_size: k or (kh, kw); padding_mode: 'zero' keeps the
       pads, 'circular' keeps the low pads and sets each high pad to k-1-low (a circular layer).
     """
-    check_choice('padding_mode', padding_mode, PADDING_MODES)
-    ks = _pair('kernel_size', kernel_size)
+    check_choice("padding_mode", padding_mode, PADDING_MODES)
+    ks = _pair("kernel_size", kernel_size)
     if isinstance(padding, str):
-        check_choice('padding', padding, ('SAME', 'VALID'))
-        pads = tuple(((k - 1) // 2, k // 2) if padding == 'SAME' else (0, 0) for k in ks)
+        check_choice("padding", padding, ("SAME", "VALID"))
+        pads = tuple(((k - 1) // 2, k // 2) if padding == "SAME" else (0, 0) for k in ks)
     elif isinstance(padding, (int, np.integer)) and padding >= 0:
         pads = ((int(padding),) * 2,) * 2
     else:
@@ -131,12 +136,16 @@ def resolve_padding(padding: Padding, kernel_size: int | Sequence[int],
         except (TypeError, ValueError):
             pads = ()
         if len(pads) != 2 or min(min(p) for p in pads) < 0:
-            raise ValueError("padding must be 'SAME', 'VALID', an int >= 0 or "
-                             f'((top, bottom), (left, right)) of ints >= 0, got {padding!r}')
-    if padding_mode == 'circular':
+            raise ValueError(
+                "padding must be 'SAME', 'VALID', an int >= 0 or "
+                f"((top, bottom), (left, right)) of ints >= 0, got {padding!r}"
+            )
+    if padding_mode == "circular":
         if any(lo > k - 1 for (lo, _), k in zip(pads, ks, strict=True)):
-            raise ValueError(f'circular padding needs low pads <= kernel_size - 1, got '
-                             f'padding {padding!r} for kernel_size {kernel_size!r}')
+            raise ValueError(
+                f"circular padding needs low pads <= kernel_size - 1, got "
+                f"padding {padding!r} for kernel_size {kernel_size!r}"
+            )
         pads = tuple((lo, k - 1 - lo) for (lo, _), k in zip(pads, ks, strict=True))
     return pads
 
@@ -151,57 +160,88 @@ def pad_spatial(x: ArrayLike, pads: Pads, mode: str, value: float = 0.0) -> jax.
     mode: 'zero' (fill with `value`), 'circular' (wrap) or 'reflect' (mirror, edge not repeated).
     Returns [N, H + top + bottom, W + left + right, C].
     """
-    check_choice('mode', mode, _PAD_FILLS)
+    check_choice("mode", mode, _PAD_FILLS)
     x = jnp.asarray(x)
     widths = ((0, 0), *pads, (0, 0))
-    if mode == 'zero':
+    if mode == "zero":
         return jnp.pad(x, widths, constant_values=value)
-    return jnp.pad(x, widths, mode='wrap' if mode == 'circular' else 'reflect')
+    return jnp.pad(x, widths, mode="wrap" if mode == "circular" else "reflect")
 
 
-def _padded(x: ArrayLike, padding: Padding, kernel_size: int | Sequence[int], dilation: int,
-            padding_mode: str, value: float) -> jax.Array:
-    check_int('dilation', dilation)
+def _padded(
+    x: ArrayLike,
+    padding: Padding,
+    kernel_size: int | Sequence[int],
+    dilation: int,
+    padding_mode: str,
+    value: float,
+) -> jax.Array:
+    check_int("dilation", dilation)
     pads = _scaled(resolve_padding(padding, kernel_size, padding_mode), dilation)
-    return pad_spatial(x, pads, 'circular' if padding_mode == 'circular' else 'zero', value)
+    return pad_spatial(x, pads, "circular" if padding_mode == "circular" else "zero", value)
 
 
-def conv2d(x: ArrayLike, kernel: ArrayLike, stride: int = 1, padding: Padding = 'SAME',
-           dilation: int = 1, padding_mode: str = 'zero',
-           feature_group_count: int = 1) -> jax.Array:
+def conv2d(
+    x: ArrayLike,
+    kernel: ArrayLike,
+    stride: int = 1,
+    padding: Padding = "SAME",
+    dilation: int = 1,
+    padding_mode: str = "zero",
+    feature_group_count: int = 1,
+) -> jax.Array:
     """2-D convolution (cross-correlation, as every DL framework) of an NHWC map.
 
     x: [N, H, W, Cin]; kernel: [kh, kw, Cin / feature_group_count, Cout]; stride: int;
     padding: see `resolve_padding` (scaled by `dilation`); dilation: kernel (a trous) dilation;
     padding_mode: 'zero' | 'circular'. Returns [N, h, w, Cout], h = (H + pads - d(kh-1) - 1)//s + 1.
     """
-    check_int('stride', stride)
-    check_int('feature_group_count', feature_group_count)
+    check_int("stride", stride)
+    check_int("feature_group_count", feature_group_count)
     kernel = jnp.asarray(kernel)
     xp = _padded(x, padding, kernel.shape[:2], dilation, padding_mode, 0.0)
-    return lax.conv_general_dilated(xp, kernel, (stride, stride), 'VALID',
-                                    rhs_dilation=(dilation, dilation), dimension_numbers=_NHWC,
-                                    feature_group_count=feature_group_count)
+    return lax.conv_general_dilated(
+        xp,
+        kernel,
+        (stride, stride),
+        "VALID",
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=_NHWC,
+        feature_group_count=feature_group_count,
+    )
 
 
-def _reduce_window(x: jax.Array, init: float, op: Callable, window: tuple[int, int],
-                   stride: int, dilation: int) -> jax.Array:
+def _reduce_window(
+    x: jax.Array, init: float, op: Callable, window: tuple[int, int], stride: int, dilation: int
+) -> jax.Array:
     # A Python scalar init lets JAX recognise max/add windows (reduce_window_max/_sum), which
     # are differentiable; an array init makes a generic reduce_window that is not.
-    return lax.reduce_window(x, init, op, (1, *window, 1),
-                             (1, stride, stride, 1), 'VALID',
-                             window_dilation=(1, dilation, dilation, 1))
+    return lax.reduce_window(
+        x,
+        init,
+        op,
+        (1, *window, 1),
+        (1, stride, stride, 1),
+        "VALID",
+        window_dilation=(1, dilation, dilation, 1),
+    )
 
 
-def max_pool(x: ArrayLike, window: int | Sequence[int], stride: int, padding: Padding = 'VALID',
-             dilation: int = 1, padding_mode: str = 'zero') -> jax.Array:
+def max_pool(
+    x: ArrayLike,
+    window: int | Sequence[int],
+    stride: int,
+    padding: Padding = "VALID",
+    dilation: int = 1,
+    padding_mode: str = "zero",
+) -> jax.Array:
     """Max pooling of x [N, H, W, C] over a (dilated) window; pads are -inf ('zero') or wrap.
 
     window: k or (kh, kw); stride: int; padding/dilation/padding_mode as in `conv2d`.
     Returns [N, h, w, C].
     """
-    ks = _pair('window', window)
-    check_int('stride', stride)
+    ks = _pair("window", window)
+    check_int("stride", stride)
     xp = _padded(x, padding, ks, dilation, padding_mode, -jnp.inf)
     if dilation == 1:
         return _reduce_window(xp, -jnp.inf, lax.max, ks, stride, dilation)
@@ -209,31 +249,41 @@ def max_pool(x: ArrayLike, window: int | Sequence[int], stride: int, padding: Pa
     h = (xp.shape[1] - (ks[0] - 1) * dilation - 1) // stride + 1
     w = (xp.shape[2] - (ks[1] - 1) * dilation - 1) // stride + 1
     taps = [
-        xp[:, i * dilation : i * dilation + (h - 1) * stride + 1 : stride,
-           j * dilation : j * dilation + (w - 1) * stride + 1 : stride]
+        xp[
+            :,
+            i * dilation : i * dilation + (h - 1) * stride + 1 : stride,
+            j * dilation : j * dilation + (w - 1) * stride + 1 : stride,
+        ]
         for i in range(ks[0])
         for j in range(ks[1])
     ]
     return functools.reduce(jnp.maximum, taps)
 
 
-def avg_pool(x: ArrayLike, window: int | Sequence[int], stride: int, padding: Padding = 'VALID',
-             dilation: int = 1, padding_mode: str = 'zero',
-             count_include_pad: bool = False) -> jax.Array:
+def avg_pool(
+    x: ArrayLike,
+    window: int | Sequence[int],
+    stride: int,
+    padding: Padding = "VALID",
+    dilation: int = 1,
+    padding_mode: str = "zero",
+    count_include_pad: bool = False,
+) -> jax.Array:
     """Average pooling of x [N, H, W, C] over a (dilated) window.
 
     Zero pads are left out of the count unless count_include_pad (TF/Keras leave them out);
     circular pads are real samples. Other arguments as in `max_pool`. Returns [N, h, w, C].
     """
-    ks = _pair('window', window)
-    check_int('stride', stride)
+    ks = _pair("window", window)
+    check_int("stride", stride)
     xp = _padded(x, padding, ks, dilation, padding_mode, 0.0)
     total = _reduce_window(xp, 0.0, lax.add, ks, stride, dilation)
-    if count_include_pad or padding_mode == 'circular':
+    if count_include_pad or padding_mode == "circular":
         return total / (ks[0] * ks[1])
     ones = jnp.ones((1, *jnp.shape(x)[1:3], 1), xp.dtype)
-    count = _reduce_window(_padded(ones, padding, ks, dilation, padding_mode, 0.0), 0.0,
-                           lax.add, ks, stride, dilation)
+    count = _reduce_window(
+        _padded(ones, padding, ks, dilation, padding_mode, 0.0), 0.0, lax.add, ks, stride, dilation
+    )
     return total / count
 
 
@@ -247,22 +297,22 @@ def binomial_filter(size: int) -> jax.Array:
 
     Rows [1], [1,1], [1,2,1], [1,3,3,1], ...; the filter is the outer product of the row.
     """
-    check_int('size', size, 1, MAX_BLUR_SIZE)
+    check_int("size", size, 1, MAX_BLUR_SIZE)
     row = np.array([math.comb(size - 1, i) for i in range(size)], np.float64)
     kernel = np.outer(row, row)
     return jnp.asarray(kernel / kernel.sum(), jnp.float32)
 
 
-def blur_pool(x: ArrayLike, size: int, stride: int, padding: str = 'reflect') -> jax.Array:
+def blur_pool(x: ArrayLike, size: int, stride: int, padding: str = "reflect") -> jax.Array:
     """Zhang's BlurPool: depthwise binomial blur of x [N, H, W, C], then keep every stride-th.
 
     size: filter size 1..7 (1 = plain subsampling x[:, ::s, ::s]); stride: int; padding:
     'reflect' (Zhang), 'circular' or 'zero', [floor((k-1)/2), ceil((k-1)/2)] on each axis.
     Returns [N, ceil(H/s), ceil(W/s), C].
     """
-    check_int('size', size, 1, MAX_BLUR_SIZE)
-    check_int('stride', stride)
-    check_choice('padding', padding, _PAD_FILLS)
+    check_int("size", size, 1, MAX_BLUR_SIZE)
+    check_int("stride", stride)
+    check_choice("padding", padding, _PAD_FILLS)
     x = jnp.asarray(x)
     xp = pad_spatial(x, (((size - 1) // 2, size // 2),) * 2, padding)
     # The binomial filter is the outer product of its row: blur H, then W, each as a weighted
@@ -280,12 +330,14 @@ def blur_pool(x: ArrayLike, size: int, stride: int, padding: str = 'reflect') ->
 
 def _polyphase(x: ArrayLike, stride: int) -> jax.Array:
     """x [N, H, W, C] -> [N, s*s, H/s, W/s, C]; component a*s + b is x[:, a::s, b::s]."""
-    check_int('stride', stride)
+    check_int("stride", stride)
     x = jnp.asarray(x)
     n, h, w, c = x.shape
     if h % stride or w % stride:
-        raise ValueError(f'polyphase components need H and W divisible by stride {stride}, '
-                         f'got x of shape {x.shape}')
+        raise ValueError(
+            f"polyphase components need H and W divisible by stride {stride}, "
+            f"got x of shape {x.shape}"
+        )
     x = x.reshape(n, h // stride, stride, w // stride, stride, c).transpose(0, 2, 4, 1, 3, 5)
     return x.reshape(n, stride * stride, h // stride, w // stride, c)
 
@@ -324,10 +376,12 @@ def stage_modes(stride_mode: str, full_stages: int, num_stages: int) -> tuple[st
     stride_mode applies to every strided stage except the last `full_stages`, which are 'full'
     (stride_mode 'full' makes all of them full). Returns a tuple of num_stages modes.
     """
-    check_choice('stride_mode', stride_mode, STRIDE_MODES)
-    check_int('full_stages', full_stages, 0, num_stages)
-    return tuple('full' if stride_mode == 'full' or i >= num_stages - full_stages
-                 else stride_mode for i in range(num_stages))
+    check_choice("stride_mode", stride_mode, STRIDE_MODES)
+    check_int("full_stages", full_stages, 0, num_stages)
+    return tuple(
+        "full" if stride_mode == "full" or i >= num_stages - full_stages else stride_mode
+        for i in range(num_stages)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,41 +393,43 @@ class Subsampler:
     padding_mode: the model's 'zero' | 'circular' (blur pads reflect for 'zero').
     """
 
-    mode: str = 'subsample'
+    mode: str = "subsample"
     factor: int = 2
     dilation: int = 1
     blur_size: int = 4
-    padding_mode: str = 'zero'
+    padding_mode: str = "zero"
 
     def __post_init__(self):
-        check_choice('mode', self.mode, STRIDE_MODES)
-        check_int('factor', self.factor)
-        check_int('dilation', self.dilation)
-        check_int('blur_size', self.blur_size, 1, MAX_BLUR_SIZE)
-        check_choice('padding_mode', self.padding_mode, PADDING_MODES)
-        if self.mode != 'full' and self.dilation != 1 and self.factor != 1:
-            raise ValueError(f"stride_mode {self.mode!r} after a 'full' layer (dilation "
-                             f'{self.dilation}): full stages must be the last ones')
+        check_choice("mode", self.mode, STRIDE_MODES)
+        check_int("factor", self.factor)
+        check_int("dilation", self.dilation)
+        check_int("blur_size", self.blur_size, 1, MAX_BLUR_SIZE)
+        check_choice("padding_mode", self.padding_mode, PADDING_MODES)
+        if self.mode != "full" and self.dilation != 1 and self.factor != 1:
+            raise ValueError(
+                f"stride_mode {self.mode!r} after a 'full' layer (dilation "
+                f"{self.dilation}): full stages must be the last ones"
+            )
 
     @property
     def op_stride(self) -> int:
         """The stride the layer itself runs at: factor for 'subsample', else 1."""
-        return self.factor if self.mode == 'subsample' else 1
+        return self.factor if self.mode == "subsample" else 1
 
     @property
     def out_dilation(self) -> int:
         """The dilation for every later layer: dilation * factor for 'full', else dilation."""
-        return self.dilation * self.factor if self.mode == 'full' else self.dilation
+        return self.dilation * self.factor if self.mode == "full" else self.dilation
 
     def _aps_input(self, x: ArrayLike) -> jax.Array:
         """x padded at the high end to a multiple of factor (zeros or wrap)."""
         h, w = jnp.shape(x)[1:3]
-        fill = 'circular' if self.padding_mode == 'circular' else 'zero'
+        fill = "circular" if self.padding_mode == "circular" else "zero"
         return pad_spatial(x, ((0, -h % self.factor), (0, -w % self.factor)), fill)
 
     def phase(self, x: ArrayLike) -> jax.Array | None:
         """The APS phase int32 [N] of x [N, H, W, C] for 'aps' (None for other modes)."""
-        if self.mode != 'aps' or self.factor == 1:
+        if self.mode != "aps" or self.factor == 1:
             return None
         return aps_phase(self._aps_input(x), self.factor)
 
@@ -384,14 +440,13 @@ class Subsampler:
         polyphase component `phase` [N] (default: this x's own APS phase). Returns
         [N, ceil(H/f), ceil(W/f), C] for blur/aps.
         """
-        if self.mode in ('subsample', 'full') or self.factor == 1:
+        if self.mode in ("subsample", "full") or self.factor == 1:
             return jnp.asarray(x)
-        if self.mode == 'blur':
-            pad = 'circular' if self.padding_mode == 'circular' else 'reflect'
+        if self.mode == "blur":
+            pad = "circular" if self.padding_mode == "circular" else "reflect"
             return blur_pool(x, self.blur_size, self.factor, pad)
         xp = self._aps_input(x)
-        return select_phase(xp, self.factor, aps_phase(xp, self.factor) if phase is None
-                            else phase)
+        return select_phase(xp, self.factor, aps_phase(xp, self.factor) if phase is None else phase)
 
 
 class Conv(nn.Module):
@@ -405,9 +460,9 @@ class Conv(nn.Module):
     features: int
     kernel_size: int | tuple[int, int]
     stride: int = 1
-    padding: Padding = 'SAME'
+    padding: Padding = "SAME"
     dilation: int = 1
-    padding_mode: str = 'zero'
+    padding_mode: str = "zero"
     use_bias: bool = True
     kernel_init: Callable = nn.initializers.he_normal()
     bias_init: Callable = nn.initializers.zeros_init()
@@ -415,10 +470,10 @@ class Conv(nn.Module):
     @nn.compact
     def __call__(self, x: ArrayLike) -> jax.Array:
         """Convolve x [N, H, W, Cin] -> [N, h, w, features]."""
-        kh, kw = _pair('kernel_size', self.kernel_size)
+        kh, kw = _pair("kernel_size", self.kernel_size)
         x = jnp.asarray(x)
-        kernel = self.param('kernel', self.kernel_init, (kh, kw, x.shape[-1], self.features))
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
         y = conv2d(x, kernel, self.stride, self.padding, self.dilation, self.padding_mode)
         if self.use_bias:
-            y = y + self.param('bias', self.bias_init, (self.features,))
+            y = y + self.param("bias", self.bias_init, (self.features,))
         return y

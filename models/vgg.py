@@ -41,8 +41,11 @@ class VGG16(KerasPort):
         h, dilation, features = self._preprocess(x), 1, {}
         for block, (width, convs) in enumerate(BLOCKS, start=1):
             for i in range(1, convs + 1):
-                h = nn.relu(Conv(width, 3, 1, "SAME", dilation, self.padding,
-                                 name=f"block{block}_conv{i}")(h))
+                h = nn.relu(
+                    Conv(width, 3, 1, "SAME", dilation, self.padding, name=f"block{block}_conv{i}")(
+                        h
+                    )
+                )
             sub = self._subsampler(block, dilation)
             h = max_pool(h, 2, sub.op_stride, "VALID", dilation, self.padding)
             h, dilation = sub.downsample(h), sub.out_dilation

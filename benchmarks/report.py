@@ -145,14 +145,22 @@ def plot_sweep(
     for ax in (a, b):
         ax.grid(alpha=0.3)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=1.02)
     _save(fig, path)
 
 
 def plot_curves(
-    path: str, x: np.ndarray, xlabel: str, curves: Mapping[str, np.ndarray], title: str = ""
+    path: str,
+    x: np.ndarray,
+    xlabel: str,
+    curves: Mapping[str, np.ndarray],
+    title: str = "",
+    image_ids: Sequence[int] | None = None,
 ) -> None:
-    """PNG of true-class probability vs parameter; `curves`: legend -> [T, n] for n images."""
+    """PNG of true-class probability vs parameter x [T], one panel per image.
+
+    `curves`: legend -> [T, n] for n images; `image_ids`: the images' indices (panel titles).
+    """
     plt = _pyplot()
     n = max(c.shape[1] for c in curves.values())
     fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.6), squeeze=False, sharey=True)
@@ -160,12 +168,16 @@ def plot_curves(
         for i, (name, c) in enumerate(curves.items()):
             if j < c.shape[1]:
                 ax.plot(x, c[:, j], color=f"C{i}", label=name)
-        ax.set(xlabel=xlabel, ylim=(-0.02, 1.02), title=f"image {j}")
+        ax.set(
+            xlabel=xlabel,
+            ylim=(-0.02, 1.02),
+            title=f"image {j if image_ids is None else image_ids[j]}",
+        )
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("P(true class)")
     axes[0, -1].legend(fontsize=7)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=1.02)
     _save(fig, path)
 
 
@@ -175,18 +187,24 @@ def plot_bars(
     values: Mapping[str, Sequence[float]],
     errors: Mapping[str, Sequence[float]] | None = None,
     title: str = "",
+    ncols: int | None = None,
 ) -> None:
-    """PNG with one bar panel per metric; `values`: metric -> one value per name."""
+    """PNG with one bar panel per metric, `ncols` panels a row (default: all in one row);
+    `values`: metric -> one value per name; `errors`: optional error bars alike."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(values), figsize=(3.2 * len(values), 3.2), squeeze=False)
-    for ax, (metric, vals) in zip(axes[0], values.items()):
+    ncols = min(ncols or len(values), len(values))
+    nrows = -(-len(values) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.4 * nrows), squeeze=False)
+    for ax in axes.ravel()[len(values) :]:
+        ax.axis("off")
+    for ax, (metric, vals) in zip(axes.ravel(), values.items()):
         err = None if errors is None else errors.get(metric)
         ax.bar(range(len(names)), vals, yerr=err, color=[f"C{i}" for i in range(len(names))])
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(metric, fontsize=9)
         ax.grid(alpha=0.3, axis="y")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=1.02)
     _save(fig, path)
 
 
@@ -204,6 +222,7 @@ def plot_lines(
     for i, (name, ys) in enumerate(series.items()):
         ax.plot(x, ys, "o-", color=f"C{i}", label=name)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.set_xticks(list(x))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
@@ -215,26 +234,36 @@ def plot_heatmaps(
     """PNG with one heat-map panel per entry of `maps` (name -> [rows, cols]), each drawn over
     the unit square with row 0 at the top, with a colour bar."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(maps), figsize=(4 * len(maps), 3.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(maps), figsize=(4.4 * len(maps), 3.6), squeeze=False, layout="constrained"
+    )
     for ax, (name, grid) in zip(axes[0], maps.items()):
         im = ax.imshow(np.asarray(grid), extent=(0, 1, 1, 0), cmap="viridis")
         ax.set(xlabel=xlabel, ylabel=ylabel, title=name)
         fig.colorbar(im, ax=ax, fraction=0.046)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=1.02)
     _save(fig, path)
 
 
 def plot_histograms(
-    path: str, samples: Mapping[str, np.ndarray], bins: int, xlabel: str, title: str = ""
+    path: str,
+    samples: Mapping[str, np.ndarray],
+    bins: int,
+    xlabel: str,
+    title: str = "",
+    value_range: tuple[float, float] | None = None,
 ) -> None:
-    """PNG with one histogram panel (counts in `bins` bins) per entry of `samples` (name -> [N])."""
+    """PNG with one histogram panel per entry of `samples` (name -> values [N]): counts in `bins`
+    equal bins over `value_range` (default: each sample's min..max)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(samples), figsize=(3.6 * len(samples), 3.2), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(samples), figsize=(3.6 * len(samples), 3.2), squeeze=False, layout="constrained"
+    )
     for i, (ax, (name, values)) in enumerate(zip(axes[0], samples.items())):
-        ax.hist(np.asarray(values), bins=bins, color=f"C{i}")
+        ax.hist(np.asarray(values), bins=bins, range=value_range, color=f"C{i}")
         ax.set(xlabel=xlabel, ylabel="count", title=name)
         ax.grid(alpha=0.3)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=1.02)
     _save(fig, path)

@@ -309,15 +309,20 @@ def write_ablation(output_dir: str, results: list[dict[str, Any]], wall_time_s: 
         names,
         {c: [row[c] for row in rows] for c in metric_cols},
         title=f"{config['model']} on {config['dataset']}",
+        ncols=len(TABLE_METRICS),
     )
     first = next(iter(results[0]["protocols"]))
     proto = results[0]["protocols"][first]
+    curves = {n: np.asarray(r["protocols"][first]["curves"]) for n, r in zip(names, results)}
+    # Show the images whose true-class probability moves most under the first variant.
+    shown = np.sort(np.argsort(-np.ptp(curves[names[0]], axis=0))[:4])
     report.plot_curves(
         os.path.join(output_dir, "curves.png"),
         np.asarray(proto["x"]),
         proto["xlabel"],
-        {n: np.asarray(r["protocols"][first]["curves"])[:, :4] for n, r in zip(names, results)},
+        {n: c[:, shown] for n, c in curves.items()},
         title=f"P(true class) under {first} shifts",
+        image_ids=shown.tolist(),
     )
     stages = sorted(results[0]["equivariance"]["error"])
     report.plot_lines(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -103,6 +104,62 @@ def _slice_embedded(n: int, split: str) -> slice:
     return slice(lo + (instr.from_ or 0), lo + (n_split if instr.to is None else instr.to))
 
 
+def _searched(data_dir: str | None) -> str:
+    """The TFDS data directory actually searched for `data_dir`."""
+    return os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+
+
+def tfds_builder(name: str, data_dir: str | None = None) -> Any:
+    """The TFDS builder of `name` in `data_dir` (None = $TFDS_DATA_DIR or ~/tensorflow_datasets).
+
+    Raises:
+      DataError: not a TFDS dataset, or its builder code needs a missing module.
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder(name, data_dir=_searched(data_dir))
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(
+            f"--dataset={name!r} is not a TFDS dataset name (or 'digits', the embedded one)."
+        ) from None
+    except ImportError as e:  # the builder's own code needs a missing module (e.g. TensorFlow)
+        raise DataError(
+            f"--dataset={name!r} is not prepared in --data_dir={_searched(data_dir)!r}, and "
+            f"building it from its TFDS code needs a missing module "
+            f"({str(e).rsplit(': ', 1)[-1]})."
+        ) from None
+
+
+def tfds_split(builder: Any, split: str) -> Sequence[dict]:
+    """The random-access source of one split (TFDS slicing honoured) of a prepared dataset.
+
+    Returns:
+      A sequence; `source[i]` is the i-th example as a dict of numpy values.
+
+    Raises:
+      DataError: missing data_dir, dataset not prepared there, unknown split.
+    """
+    name, searched = builder.name, str(builder.data_dir_root)
+    try:
+        return builder.as_data_source(split=split)
+    except (ValueError, KeyError, NotImplementedError, FileNotFoundError, AssertionError) as e:
+        if not os.path.isdir(searched):
+            raise DataError(
+                f"--data_dir={searched!r} does not exist (looking for dataset {name!r})."
+            ) from None
+        if not builder.is_prepared():
+            raise DataError(
+                f"--dataset={name!r} is not prepared in --data_dir={searched!r} (it holds "
+                f"{sorted(os.listdir(searched))}). Prepare it there first (tfds build "
+                "--file_format=array_record), or use --dataset=digits."
+            ) from None
+        first = str(e).strip().splitlines()[0]
+        raise DataError(
+            f"--dataset={name!r} --split={split!r} in --data_dir={searched!r}: {first}"
+        ) from None
+
+
 def open_dataset(name: str, split: str, data_dir: str | None = None) -> Dataset:
     """Opens a dataset for random access.
 
@@ -122,34 +179,8 @@ def open_dataset(name: str, split: str, data_dir: str | None = None) -> Dataset:
         images, labels = _digits_images()
         sl = _slice_embedded(len(labels), split)
         return Dataset(name, split, _ArraySource(images[sl], labels[sl]), num_classes=10)
-    import tensorflow_datasets as tfds
-
-    searched = os.path.expanduser(
-        data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
-    )
-    try:
-        builder = tfds.builder(name, data_dir=searched)
-    except tfds.core.registered.DatasetNotFoundError:
-        raise DataError(
-            f"--dataset={name!r} is not a TFDS dataset name (or 'digits', the embedded one)."
-        ) from None
-    try:
-        source = builder.as_data_source(split=split)
-    except (ValueError, KeyError, NotImplementedError, FileNotFoundError, AssertionError) as e:
-        if not os.path.isdir(searched):
-            raise DataError(
-                f"--data_dir={searched!r} does not exist (looking for dataset {name!r})."
-            ) from None
-        if not builder.is_prepared():
-            raise DataError(
-                f"--dataset={name!r} is not prepared in --data_dir={searched!r} (it holds "
-                f"{sorted(os.listdir(searched))}). Prepare it there first (tfds build "
-                "--file_format=array_record), or use --dataset=digits."
-            ) from None
-        first = str(e).strip().splitlines()[0]
-        raise DataError(
-            f"--dataset={name!r} --split={split!r} in --data_dir={searched!r}: {first}"
-        ) from None
+    builder = tfds_builder(name, data_dir)
+    source = tfds_split(builder, split)
     features = builder.info.features
     image_key = (
         "image"

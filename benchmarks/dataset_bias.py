@@ -105,25 +105,12 @@ def open_boxes(
     Raises:
       data.DataError: unknown dataset, no box feature, data_dir missing or without the dataset.
     """
-    import tensorflow_datasets as tfds
-
     if name in data.EMBEDDED:
         raise data.DataError(
             f"--dataset={name!r} has no object boxes: --mode=stats reads a TFDS detection "
             "dataset (voc, coco, ...); the digits serve --mode=experiment."
         )
-    searched = os.path.expanduser(
-        data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
-    )
-    try:
-        builder = tfds.builder(name, data_dir=searched)
-    except tfds.core.registered.DatasetNotFoundError:
-        raise data.DataError(f"--dataset={name!r} is not a TFDS dataset name.") from None
-    except ImportError as e:  # the builder's code needs TensorFlow (e.g. coco's)
-        raise data.DataError(
-            f"--dataset={name!r} is not prepared in --data_dir={searched!r}, and building it "
-            f"from its TFDS code needs a module that is missing ({str(e).rsplit(': ', 1)[-1]})."
-        ) from None
+    builder = data.tfds_builder(name, data_dir)
     paths = bbox_features(builder.info.features)
     names = ["/".join(p) for p in paths]
     if not paths:
@@ -133,16 +120,7 @@ def open_boxes(
         )
     if bbox_feature is not None and bbox_feature not in names:
         raise data.DataError(f"--bbox_feature={bbox_feature!r}: {name!r} has boxes at {names}.")
-    try:
-        source = builder.as_data_source(split=split)
-    except (ValueError, KeyError, NotImplementedError, FileNotFoundError, AssertionError) as e:
-        held = sorted(os.listdir(searched)) if os.path.isdir(searched) else "it does not exist"
-        if not builder.is_prepared():
-            raise data.DataError(
-                f"--dataset={name!r} is not prepared in --data_dir={searched!r} ({held})."
-            ) from None
-        raise data.DataError(f"--split={split!r}: {str(e).strip().splitlines()[0]}") from None
-    return source, paths[names.index(bbox_feature) if bbox_feature else 0]
+    return data.tfds_split(builder, split), paths[names.index(bbox_feature) if bbox_feature else 0]
 
 
 def read_boxes(source: Sequence[dict], path: tuple[str, ...], num: int) -> np.ndarray:
@@ -209,8 +187,15 @@ def run_stats() -> None:
         FLAGS.bins,
         "fraction of the image side",
         title,
+        value_range=(0.0, 1.0),
     )
     rows = [
+        {
+            "statistic": "images / valid boxes / malformed boxes",
+            "value": f"{num} / {len(boxes)} / {(~valid).sum()}",
+        },
+        {"statistic": "quantile levels", "value": " ".join(map(str, bias_stats.QUANTILES))},
+    ] + [
         {"statistic": k, "value": " ".join(f"{v:.3f}" for v in np.atleast_1d(summary[k]))}
         for k in summary
     ]
@@ -351,8 +336,8 @@ def run_bias(
         "train_time_s": trained.wall_time_s,
         "final_loss": trained.final_loss,
         "placement_summary": jax.device_get(bias_stats.summarize(placed, FLAGS.central_fraction)),
-        "placement_heatmap": np.asarray(
-            bias_stats.centre_heatmap(bias_stats.box_centres(placed), FLAGS.bins)
+        "placement_heatmap": np.asarray(  # one cell per canvas pixel
+            bias_stats.centre_heatmap(bias_stats.box_centres(placed), geo.canvas_size)
         ),
         "offsets": evaluate_positions(evaluator, test_boxes, geo),
         "compile_count": evaluator.compile_count,

@@ -1,0 +1,190 @@
+"""Inference-only rewrites of a flax classifier that keep its function and speed it up on CPU.
+
+The models are written once, for training and evaluation (models/). For evaluation only, two
+rewrites give the same logits (up to float rounding) with less work:
+
+- BatchNorm folding (`fold_batchnorm`): an inference BatchNorm that directly follows a conv,
+  y = (conv(x, W) + b - mean) * scale / sqrt(var + eps) + beta, is the conv with kernel
+  W * s and a shift t = beta + (b - mean) * s, s = scale / sqrt(var + eps). This is a pure
+  transform of the variables: the folded BatchNorm keeps only the shift (scale 1, mean 0,
+  var 1 - eps), so the unmodified model still computes the same function with them, and
+  `logits_fn` then computes that BatchNorm as a bias add.
+- 1x1 convolutions as matrix products (`conv1x1_as_dot`): x[:, ::s, ::s] @ W[0, 0]. XLA's CPU
+  convolution runs 1x1 kernels 1.1-2.9x slower than the same product as a dot (measured
+  per layer of ResNet-50, benchmarks/throughput.py notes), and half of ResNet-50's FLOPs are
+  1x1 convolutions.
+
+Both act through `flax.linen.intercept_methods` on the layers `models/subsampling.Conv` and
+`flax.linen.BatchNorm` while the model is applied, so the architecture is not written twice.
+
+    logits_fn, variables = fastpath.prepare(model, variables, (32, 32, 3))
+    logits = jax.jit(logits_fn)(variables, images)      # [N, K], as model.apply(...)[0]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.core import unfreeze
+
+from models.subsampling import Conv, resolve_padding
+
+Path = tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvBatchNorm:
+    """A conv whose output feeds an inference BatchNorm directly (paths in the variables)."""
+
+    conv: Path
+    bn: Path
+    epsilon: float
+
+
+@dataclasses.dataclass(frozen=True)
+class FastPath:
+    """Which rewrites `logits_fn` applies.
+
+    Attributes:
+      fold_batchnorm: folded BatchNorms (see `fold_batchnorm`) run as a bias add.
+      conv1x1_as_dot: zero-padded 1x1 convolutions run as a matrix product.
+    """
+
+    fold_batchnorm: bool = True
+    conv1x1_as_dot: bool = True
+
+
+def conv_batchnorm_pairs(
+    model: nn.Module, variables: Any, input_shape: tuple[int, int, int]
+) -> tuple[ConvBatchNorm, ...]:
+    """The (conv, BatchNorm) pairs of `model` in which the BatchNorm reads the conv's output.
+
+    Found by tracing `model.apply(variables, x [1, *input_shape], train=False)` (shapes only,
+    nothing is computed). A conv whose output also feeds another layer must not be folded; the
+    models of this repository have none (their convs feed only their BatchNorm).
+
+    Returns:
+      One `ConvBatchNorm` per pair, in call order.
+    """
+    outputs: dict[int, Path] = {}
+    keep: list[Any] = []  # keeps traced outputs alive, so that their ids stay unique
+    pairs: list[ConvBatchNorm] = []
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__":
+            module = context.module
+            if isinstance(module, Conv):
+                outputs[id(out)] = module.path
+                keep.append(out)
+            elif isinstance(module, nn.BatchNorm) and id(args[0]) in outputs:
+                if module.use_running_average:
+                    pairs.append(ConvBatchNorm(outputs[id(args[0])], module.path, module.epsilon))
+        return out
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(
+            lambda v: model.apply(v, jnp.zeros((1, *input_shape), jnp.float32), train=False),
+            variables,
+        )
+    return tuple(pairs)
+
+
+def _get(tree: dict, path: Path) -> dict:
+    for name in path:
+        tree = tree[name]
+    return tree
+
+
+def fold_batchnorm(variables: Any, pairs: tuple[ConvBatchNorm, ...]) -> dict:
+    """Variables with each BatchNorm of `pairs` folded into its conv.
+
+    Args:
+      variables: {'params': ..., 'batch_stats': ...} of the model (not modified).
+      pairs: from `conv_batchnorm_pairs`.
+
+    Returns:
+      New variables of the same tree: conv kernel [kh, kw, cin, cout] scaled by s [cout], conv
+      bias (if any) zero, BatchNorm scale 1, bias = the shift t, mean 0, var 1 - eps (so that
+      the plain model computes the same function with them).
+    """
+    out = unfreeze(jax.tree.map(jnp.asarray, variables))
+    for pair in pairs:
+        conv = _get(out["params"], pair.conv)
+        bn = _get(out["params"], pair.bn)
+        stats = _get(out["batch_stats"], pair.bn)
+        s = bn["scale"] * jax.lax.rsqrt(stats["var"] + pair.epsilon)
+        shift = bn["bias"] - stats["mean"] * s
+        if "bias" in conv:
+            shift = shift + conv["bias"] * s
+            conv["bias"] = jnp.zeros_like(conv["bias"])
+        conv["kernel"] = conv["kernel"] * s
+        bn["scale"], bn["bias"] = jnp.ones_like(s), shift
+        stats["mean"], stats["var"] = jnp.zeros_like(s), jnp.full_like(s, 1.0 - pair.epsilon)
+    return out
+
+
+def _is_pointwise(conv: Conv) -> bool:
+    """A 1x1 conv without padding (any stride; dilation does not matter for 1x1)."""
+    size = conv.kernel_size
+    if (size if isinstance(size, int) else tuple(size)) not in (1, (1, 1)):
+        return False
+    return resolve_padding(conv.padding, 1, conv.padding_mode) == ((0, 0), (0, 0))
+
+
+def logits_fn(
+    model: nn.Module, pairs: tuple[ConvBatchNorm, ...], options: FastPath = FastPath()
+) -> Callable[[Any, jax.Array], jax.Array]:
+    """`logits(variables, images [N, H, W, C] in [0, 1]) -> [N, K]` with the rewrites.
+
+    With `options.fold_batchnorm`, the BatchNorms of `pairs` are computed as `x + bias`: pass
+    variables from `fold_batchnorm(variables, pairs)`.
+    """
+    folded = {p.bn for p in pairs} if options.fold_batchnorm else set()
+
+    def rewrite(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name != "__call__":
+            return next_fun(*args, **kwargs)
+        if isinstance(module, nn.BatchNorm) and module.path in folded:
+            return args[0] + module.get_variable("params", "bias")
+        if options.conv1x1_as_dot and isinstance(module, Conv) and _is_pointwise(module):
+            s = module.stride
+            y = jnp.dot(args[0][:, ::s, ::s], module.get_variable("params", "kernel")[0, 0])
+            return y + module.get_variable("params", "bias") if module.use_bias else y
+        return next_fun(*args, **kwargs)
+
+    def logits(variables: Any, images: jax.Array) -> jax.Array:
+        """images [N, H, W, C] in [0, 1] -> logits [N, K]."""
+        with nn.intercept_methods(rewrite):
+            return model.apply(variables, images, train=False)[0]
+
+    return logits
+
+
+def prepare(
+    model: nn.Module,
+    variables: Any,
+    input_shape: tuple[int, int, int],
+    options: FastPath = FastPath(),
+) -> tuple[Callable[[Any, jax.Array], jax.Array], Any]:
+    """The fast `logits(variables, images)` of `model` and the variables it takes.
+
+    Args:
+      model: a flax classifier, `model.apply(variables, x, train=False) -> (logits, ...)`.
+      variables: its variables.
+      input_shape: (H, W, C) of the images it will see.
+      options: which rewrites to apply.
+
+    Returns:
+      (logits_fn, variables): variables are folded when `options.fold_batchnorm`.
+    """
+    pairs = conv_batchnorm_pairs(model, variables, input_shape)
+    if options.fold_batchnorm:
+        variables = fold_batchnorm(variables, pairs)
+    return logits_fn(model, pairs, options), variables

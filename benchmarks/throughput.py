@@ -1,0 +1,607 @@
+"""Throughput of the evaluator against a bare forward, a Python loop and a PyTorch eager loop.
+
+    python -m benchmarks.throughput                                   # both protocols, full size
+    python -m benchmarks.throughput --protocols=resnet20 --repeats=3 --device_counts=1
+    python -m benchmarks.throughput --protocols=resnet20 --batch_size=8 --crop_size=16 \
+        --max_shift=2 --repeats=1 --scaling_base=2 --device_counts=1  # a quick smoke run
+
+Two protocols, each on one model with seeded random weights and images (throughput does not
+depend on their values):
+
+| protocol | model | images | sweep | batch |
+|---|---|---|---|---|
+| resnet20 | CIFAR ResNet-20 (models/small.py) | 40 px -> 32 px crops | 9 x 9 grid of shifts 0..8 | 256 |
+| resnet50 | ResNet-50 (models/resnet.py) | 234 px -> 224 px crops | 9 diagonal shifts 0..8 (Azulay) | 16 |
+
+In one process, on the same images and sweep, in alternating rounds (so that the load of a
+shared machine hits every variant alike):
+
+  (a) evaluator     `benchmarks.evaluate.Evaluator.run`: one jitted call per batch that crops,
+                    runs the model and reduces every metric;
+  (b) bare_forward  the jitted model alone on already-cropped batches of the same total size;
+  (c) python_loop   a Python loop over the sweep calling the jitted crop + model per parameter;
+  (d) torch_eager   when torch is installed: the same crops and model in PyTorch eager
+                    (`benchmarks.torch_reference`, weights copied, channels_last, inference
+                    mode), a loop over the sweep, as the published reference codes evaluate.
+
+(a), (b) and (c) run the same JAX classifier: with --fast (default) the inference rewrites of
+`benchmarks.fastpath` (BatchNorm folded, 1x1 convs as dots). Reported: images x transforms per
+second of each (median over rounds), the ratios a/b, a/c, a/d (medians of per-round ratios),
+compile counts and compile seconds, XLA's bytes per batch call, how the evaluator's cost grows
+with the number of transforms (x1, x4, x16 of --scaling_base) and with simulated devices
+(a child process per entry of --device_counts), and, with --profile, where the evaluator's
+time goes per XLA op. Printed as markdown tables and written to --output_dir/throughput.json.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from absl import flags, logging
+
+from benchmarks import classifiers, evaluate, fastpath, protocols, report
+from benchmarks import flags as sb_flags
+
+FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """One throughput protocol: a model and a crop-shift sweep.
+
+    Attributes:
+      model: `models.registry` name.
+      num_classes: its classes.
+      crop_size: side of the crops the model sees (px).
+      slack: image side minus crop side (px); shifts run over 0..max_shift <= slack.
+      sweep: `protocols.SWEEPS` shape of the shifts.
+      max_shift: largest shift (px).
+      batch_size: images per batch.
+    """
+
+    model: str
+    num_classes: int
+    crop_size: int
+    slack: int
+    sweep: str
+    max_shift: int
+    batch_size: int
+
+
+SETUPS = {
+    "resnet20": Setup("resnet20", 10, 32, 8, "grid", 8, 256),
+    "resnet50": Setup("resnet50", 1000, 224, 10, "diagonal", 8, 16),
+}
+VARIANTS = ("evaluator", "bare_forward", "python_loop", "torch_eager")
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+TRACE_EVENTS = (
+    COMPILE_EVENT,
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+)
+
+flags.DEFINE_list("protocols", list(SETUPS), f"Protocols to measure, of {list(SETUPS)}.")
+flags.DEFINE_list("variants", list(VARIANTS), f"Variants to measure, of {list(VARIANTS)}.")
+flags.DEFINE_integer("repeats", 5, "Alternating timed rounds of every variant.", lower_bound=1)
+flags.DEFINE_integer("num_batches", 1, "Batches per timed round.", lower_bound=1)
+flags.DEFINE_integer("batch_size", None, "Images per batch (default: the protocol's).", lower_bound=1)
+flags.DEFINE_integer("crop_size", None, "Crop side in px (default: the protocol's).", lower_bound=8)
+flags.DEFINE_integer("max_shift", None, "Largest shift (default: the protocol's).", lower_bound=1)
+flags.DEFINE_integer(
+    "chunk_size", None, "Evaluator chunk size (default: from --memory_budget_mb).", lower_bound=1
+)
+flags.DEFINE_integer(
+    "memory_budget_mb",
+    64,
+    "Activation bytes one evaluator call may use per device; sets the chunk size.",
+    lower_bound=1,
+)
+flags.DEFINE_bool("fast", True, "Apply benchmarks.fastpath rewrites to the JAX classifier.")
+flags.DEFINE_bool("scaling", True, "Measure cost against the number of transforms.")
+flags.DEFINE_integer(
+    "scaling_base", 2, "Sweep length of the x1 scaling point (x4, x16 follow).", lower_bound=2
+)
+flags.DEFINE_list("device_counts", ["1", "8"], "Simulated CPU device counts to compare.")
+flags.DEFINE_integer("torch_threads", None, "torch.set_num_threads (default: torch's).")
+flags.DEFINE_bool("profile", False, "Profile one evaluator batch per XLA op.")
+flags.DEFINE_integer("seed", 0, "Seed of images, labels and weights.")
+flags.DEFINE_string("output_dir", "runs/throughput", "Where throughput.json is written.")
+
+
+# --- compile accounting ----------------------------------------------------------------------
+
+_EVENTS: list[tuple[str, float]] = []
+
+
+def _listen(event: str, duration: float, **_: Any) -> None:
+    if event in TRACE_EVENTS:
+        _EVENTS.append((event, duration))
+
+
+def _compiles_since(mark: int) -> tuple[int, float]:
+    """(backend compiles, seconds of tracing + lowering + compiling) since `_EVENTS[mark]`."""
+    events = _EVENTS[mark:]
+    return sum(e == COMPILE_EVENT for e, _ in events), sum(d for _, d in events)
+
+
+def _memory(compiled: jax.stages.Compiled) -> dict[str, int]:
+    """XLA's buffer bytes of one call: arguments, outputs, temporaries and their peak sum."""
+    m = compiled.memory_analysis()
+    out = {
+        "argument_bytes": int(m.argument_size_in_bytes),
+        "output_bytes": int(m.output_size_in_bytes),
+        "temp_bytes": int(m.temp_size_in_bytes),
+    }
+    out["peak_bytes"] = sum(out.values()) - int(m.alias_size_in_bytes)
+    return out
+
+
+# --- the protocol and its data ---------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Workload:
+    """What every variant evaluates: a protocol, a classifier, batches of images and labels."""
+
+    name: str
+    protocol: protocols.Protocol
+    corners: np.ndarray  # [T, 2] top-left (y, x) of each crop window
+    classifier: classifiers.Classifier
+    logits: Callable[[Any, jax.Array], jax.Array]  # the JAX classifier (a, b, c)
+    variables: Any  # its variables
+    batches: list[tuple[np.ndarray, np.ndarray]]  # [(images [B, S, S, 3], labels [B])]
+    batch_size: int
+
+    @property
+    def work(self) -> int:
+        """Images x transforms per round."""
+        return len(self.batches) * self.batch_size * len(self.protocol.params)
+
+
+def crop_corners(params: np.ndarray, max_shift: int, slack: int) -> np.ndarray:
+    """[T, 2] top-left corners of the crop windows of shifts `params` [T, 2] (the content moves
+    by +shift: the window starts at base - shift, as `benchmarks.protocols` crops)."""
+    base = max_shift + (slack - max_shift) // 2
+    return (base - np.round(params)).astype(np.int64)
+
+
+def build_workload(name: str) -> Workload:
+    """The protocol `name` at the flag-given sizes, with seeded weights, images and labels."""
+    setup = SETUPS[name]
+    crop = FLAGS.crop_size or setup.crop_size
+    max_shift = FLAGS.max_shift or setup.max_shift
+    batch_size = FLAGS.batch_size or setup.batch_size
+    if max_shift > setup.slack:
+        raise sb_flags.FlagError(f"--max_shift={max_shift} exceeds the slack {setup.slack} px.")
+    sb_flags.check_batch_size(batch_size)
+    side = crop + setup.slack
+    protocol = protocols.build(
+        "crop", (side, side, 3), sweep=setup.sweep, max_shift=max_shift, min_shift=0,
+        crop_size=crop,
+    )
+    corners = crop_corners(protocol.params, max_shift, setup.slack)
+    probe = np.random.default_rng(1).random((side, side, 3), dtype=np.float32)
+    for p, (y, x) in zip(protocol.params, corners):  # the torch loop crops the same windows
+        np.testing.assert_array_equal(protocol.transform(probe, p), probe[y:y + crop, x:x + crop])
+    classifier = classifiers.load(setup.model, setup.num_classes, (crop, crop, 3), seed=FLAGS.seed)
+    if FLAGS.fast:
+        logits, variables = fastpath.prepare(
+            classifier.model, classifier.variables, (crop, crop, 3)
+        )
+    else:
+        logits, variables = classifier.logits, classifier.variables
+    rng = np.random.default_rng(FLAGS.seed)
+    batches = [
+        (
+            rng.random((batch_size, side, side, 3), dtype=np.float32),
+            rng.integers(0, setup.num_classes, batch_size).astype(np.int32),
+        )
+        for _ in range(FLAGS.num_batches)
+    ]
+    return Workload(name, protocol, corners, classifier, logits, variables, batches, batch_size)
+
+
+# --- the variants: each a zero-argument callable that evaluates every batch and blocks --------
+
+
+def chunk_size_for_budget(bytes_per_image: float, images_per_device: int, num_params: int,
+                          budget_bytes: int) -> int:
+    """Sweep parameters per evaluator call so that one call's activations fit `budget_bytes`.
+
+    bytes_per_image: XLA's temporary bytes of the model per image; images_per_device: the
+    batch on one device. Returns an int in [1, num_params].
+    """
+    per_call = max(bytes_per_image * images_per_device, 1.0)
+    return int(min(max(budget_bytes // per_call, 1), num_params))
+
+
+def make_evaluator(w: Workload, chunk_size: int) -> tuple[evaluate.Evaluator, Callable[[], Any]]:
+    """(a): the evaluator and a runner returning its accuracy per parameter [T]."""
+    ev = evaluate.Evaluator(
+        w.logits, w.protocol.transform, w.batch_size,
+        evaluate.EvalConfig(chunk_size=chunk_size), w.variables,
+    )
+
+    def run():
+        result = ev.run(w.batches, w.protocol.params, w.protocol.reference_index,
+                        progress_every=0)
+        return result.accuracy_per_param
+
+    return ev, run
+
+
+def make_bare_forward(w: Workload) -> tuple[Callable[[], jax.stages.Compiled], Callable[[], Any]]:
+    """(b): the jitted model on pre-cropped batches [B, h, w, C], one call per (batch, shift).
+
+    Returns (compile: -> the compiled forward, runner).
+    """
+    forward = jax.jit(w.logits)
+    crop_all = jax.jit(jax.vmap(jax.vmap(w.protocol.transform, (0, None)), (None, 0)))
+    params = jax.device_put(w.protocol.params)
+    cropped = [list(crop_all(jax.device_put(x), params)) for x, _ in w.batches]  # T x [B, ...]
+    variables = jax.device_put(w.variables)
+
+    def run():
+        return jax.block_until_ready([forward(variables, x) for xs in cropped for x in xs])
+
+    return lambda: forward.lower(variables, cropped[0][0]).compile(), run
+
+
+def make_python_loop(w: Workload) -> Callable[[], Any]:
+    """(c): a Python loop over the sweep; returns top-1 [T, N] (batches concatenated)."""
+    step = jax.jit(lambda v, images, p: w.logits(v, jax.vmap(w.protocol.transform, (0, None))(
+        images, p)))
+    images = [jax.device_put(x) for x, _ in w.batches]
+    params = [jax.device_put(p) for p in w.protocol.params]
+    variables = jax.device_put(w.variables)
+
+    def run():
+        out = [[step(variables, x, p) for x in images] for p in params]
+        return np.stack([np.concatenate([np.argmax(l, -1) for l in row]) for row in out])
+
+    return run
+
+
+def make_torch_eager(w: Workload) -> tuple[Callable[[], Any], Any]:
+    """(d): the torch twin in a loop over the sweep; returns (runner -> top-1 [T, N], twin)."""
+    import torch
+
+    from benchmarks import torch_reference
+
+    if FLAGS.torch_threads:
+        torch.set_num_threads(FLAGS.torch_threads)
+    twin = torch_reference.from_flax(w.classifier.model, w.classifier.variables)
+    twin = twin.to(memory_format=torch.channels_last)
+    images = [torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+              for x, _ in w.batches]
+    h = w.protocol.output_shape[0]
+
+    def run():
+        with torch.inference_mode():
+            out = [[twin(x[:, :, y:y + h, c:c + h].contiguous(memory_format=torch.channels_last))
+                    for x in images] for y, c in w.corners]
+            return np.stack([np.concatenate([l.argmax(-1).numpy() for l in row]) for row in out])
+
+    return run, twin
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# --- measurements ----------------------------------------------------------------------------
+
+
+def timed_rounds(runners: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each runner per round; the runners alternate within every round."""
+    seconds = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def scaling_transforms(ev: evaluate.Evaluator, w: Workload, base: int) -> list[dict[str, Any]]:
+    """Evaluator cost for sweeps of base x 1, 4, 16 parameters (the sweep repeated)."""
+    rows = []
+    image_shape = w.batches[0][0].shape[1:]
+    for factor in (1, 4, 16):
+        params = np.resize(w.protocol.params, (base * factor, w.protocol.params.shape[1]))
+        mark = len(_EVENTS)
+        ev.run(w.batches[:1], params, 0, progress_every=0)  # compile
+        compiles, compile_s = _compiles_since(mark)
+        start = time.perf_counter()
+        ev.run(w.batches[:1], params, 0, progress_every=0)
+        seconds = time.perf_counter() - start
+        rows.append({
+            "factor": factor,
+            "num_transforms": len(params),
+            "seconds_per_batch": seconds,
+            "rate": w.batch_size * len(params) / seconds,
+            "compiles": compiles,
+            "compile_s": compile_s,
+            **_memory(ev.compiled(image_shape, params)),
+        })
+    return rows
+
+
+def scaling_devices(name: str, counts: list[int], own: dict[str, Any]) -> list[dict[str, Any]]:
+    """The evaluator at each simulated device count: this process's figure for its own count,
+    a child process (XLA_FLAGS=--xla_force_host_platform_device_count=n) for the others."""
+    rows = []
+    for n in counts:
+        if n == jax.device_count():
+            rows.append({"devices": n, **own})
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            args = [sys.executable, "-m", "benchmarks.throughput", f"--protocols={name}",
+                    "--variants=evaluator", "--device_counts=", "--noscaling",
+                    f"--output_dir={tmp}"]
+            for flag in ("repeats", "num_batches", "batch_size", "crop_size", "max_shift",
+                         "chunk_size", "memory_budget_mb", "fast", "seed"):
+                value = getattr(FLAGS, flag)
+                if value is not None:
+                    args.append(f"--{flag}={value}")
+            env = dict(os.environ, JAX_PLATFORMS="cpu",
+                       XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                                 f"--xla_force_host_platform_device_count={n}")
+            proc = subprocess.run(args, env=env, capture_output=True, text=True)
+            if proc.returncode:
+                raise RuntimeError(f"the {n}-device run failed:\n{proc.stderr[-3000:]}")
+            with open(os.path.join(tmp, "throughput.json")) as f:
+                child = json.load(f)["protocols"][name]
+        rows.append({"devices": n, **_device_row(child)})
+    return rows
+
+
+def _device_row(result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "rate": result["rates"]["evaluator"],
+        "chunk_size": result["chunk_size"],
+        "compile_count": result["compile"]["evaluator"]["compile_count"],
+        "peak_bytes": result["memory"]["evaluator"]["peak_bytes"],
+    }
+
+
+def profile_ops(run: Callable[[], Any], hlo: str, top: int = 15) -> dict[str, Any]:
+    """Milliseconds per XLA op of one `run()` (summed over threads), by op and by category.
+
+    Categories from the optimised HLO `hlo`: 'library (YNNPACK) <op>' for library fusions,
+    'convolution' / 'dot' for XLA's own kernels, 'loop fusion <op>' for elementwise fusions
+    (<op> is the last op named in the fusion's metadata).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        jax.profiler.start_trace(tmp)
+        run()
+        jax.profiler.stop_trace()
+        data = jax.profiler.ProfileData.from_file(glob.glob(f"{tmp}/**/*.xplane.pb",
+                                                            recursive=True)[0])
+    per_op: collections.Counter = collections.Counter()
+    for plane in data.planes:
+        if not plane.name.startswith("/host:CPU"):
+            continue
+        for line in plane.lines:
+            for event in line.events:
+                if re.fullmatch(r"[a-z_\-]+(\.\d+)?", event.name):  # an HLO instruction
+                    per_op[event.name] += event.duration_ns / 1e6
+    per_category: collections.Counter = collections.Counter()
+    for op, ms in per_op.items():
+        per_category[_category(op, hlo)] += ms
+    total = sum(per_op.values())
+    return {
+        "total_op_ms": total,
+        "by_category": [{"category": c, "ms": ms, "share": ms / total}
+                        for c, ms in per_category.most_common()],
+        "top_ops": [{"op": op, "category": _category(op, hlo), "ms": ms, "share": ms / total}
+                    for op, ms in per_op.most_common(top)],
+    }
+
+
+def _category(op: str, hlo: str) -> str:
+    line = re.search(rf"%{re.escape(op)} = .*", hlo)
+    if not line:
+        return "other"
+    line = line.group(0)
+    name = re.search(r'op_name="([^"]+)"', line)
+    last = name.group(1).split("/")[-1] if name else "?"
+    if "__ynn_fusion" in line or "__xnn_fusion" in line:
+        return f"library (YNNPACK) {last}"
+    if " convolution(" in line:
+        return "convolution"
+    if " dot(" in line:
+        return "dot"
+    if "kind=kLoop" in line or "kind=kInput" in line:
+        return f"loop fusion {last}"
+    opcode = re.search(r"= \S+ ([\w-]+)\(", line)
+    return opcode.group(1) if opcode else "other"
+
+
+def measure(name: str) -> dict[str, Any]:
+    """Every measurement of one protocol, as a JSON-able record."""
+    w = build_workload(name)
+    t = len(w.protocol.params)
+    image_shape = w.batches[0][0].shape[1:]
+    out: dict[str, Any] = {
+        "model": SETUPS[name].model, "batch_size": w.batch_size, "num_transforms": t,
+        "num_batches": len(w.batches), "input_shape": list(w.protocol.output_shape),
+        "image_shape": list(image_shape), "fast": FLAGS.fast,
+    }
+    variants = [v for v in VARIANTS if v in FLAGS.variants]
+    if "torch_eager" in variants and not _torch_available():
+        variants.remove("torch_eager")
+        out["torch_note"] = "torch is not installed: (d) skipped"
+    # The bare forward's memory per image sets the evaluator's chunk size.
+    compile_bare, bare_run = make_bare_forward(w)
+    mark = len(_EVENTS)
+    bare_memory = _memory(compile_bare())
+    bare_compile = _compiles_since(mark)
+    per_image = bare_memory["temp_bytes"] / w.batch_size
+    chunk = FLAGS.chunk_size or chunk_size_for_budget(
+        per_image, w.batch_size // jax.device_count(), t, FLAGS.memory_budget_mb << 20)
+    out["chunk_size"] = chunk
+    ev, ev_run = make_evaluator(w, chunk)
+    runners = {"evaluator": ev_run, "bare_forward": bare_run}
+    if "python_loop" in variants:
+        runners["python_loop"] = make_python_loop(w)
+    twin = None
+    if "torch_eager" in variants:
+        runners["torch_eager"], twin = make_torch_eager(w)
+    runners = {k: v for k, v in runners.items() if k in variants}
+    compile_info, results = {}, {}
+    for key, run in runners.items():  # warm up (compile), keep the results to cross-check
+        mark, start = len(_EVENTS), time.perf_counter()
+        results[key] = run()
+        compiles, compile_s = _compiles_since(mark)
+        if key == "bare_forward":  # compiled above, for its memory analysis
+            compiles, compile_s = compiles + bare_compile[0], compile_s + bare_compile[1]
+        compile_info[key] = {"compiles": compiles, "compile_s": compile_s,
+                             "first_call_s": time.perf_counter() - start}
+    compile_info["evaluator"]["compile_count"] = ev.compile_count
+    mark = len(_EVENTS)
+    seconds = timed_rounds(runners, FLAGS.repeats)
+    out["compiles_during_rounds"] = _compiles_since(mark)[0]
+    out["compile"] = compile_info
+    out["seconds"] = seconds
+    out["rates"] = {k: w.work / float(np.median(s)) for k, s in seconds.items()}
+    out["ratios"] = {
+        f"evaluator/{k}": float(np.median(np.asarray(s) / np.asarray(seconds["evaluator"])))
+        for k, s in seconds.items() if k != "evaluator"
+    }
+    out["memory"] = {"evaluator": _memory(ev.compiled(image_shape, w.protocol.params)),
+                     "bare_forward": bare_memory,
+                     "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10}
+    out["agreement"] = agreement(w, results, twin)
+    if FLAGS.scaling:
+        out["scaling_transforms"] = scaling_transforms(ev, w, FLAGS.scaling_base)
+    if FLAGS.device_counts:
+        own = {"rate": out["rates"]["evaluator"], "chunk_size": chunk,
+               "compile_count": compile_info["evaluator"]["compile_count"],
+               "peak_bytes": out["memory"]["evaluator"]["peak_bytes"]}
+        out["scaling_devices"] = scaling_devices(
+            name, [int(n) for n in FLAGS.device_counts], own)
+    if FLAGS.profile:
+        out["profile"] = profile_ops(ev_run, ev.compiled(image_shape, w.protocol.params).as_text())
+    return out
+
+
+def agreement(w: Workload, results: dict[str, Any], twin: Any) -> dict[str, Any]:
+    """Cross-checks: the variants' top-1 per transform, fast vs plain JAX, torch vs JAX logits."""
+    out = {}
+    labels = np.concatenate([lab for _, lab in w.batches])
+    if "python_loop" in results:
+        top1 = results["python_loop"]
+        if "evaluator" in results:
+            accuracy = np.mean(top1 == labels, axis=1)
+            out["evaluator_vs_loop_accuracy_max_diff"] = float(
+                np.max(np.abs(accuracy - results["evaluator"])))
+        if "torch_eager" in results:
+            out["torch_vs_loop_top1_agreement"] = float(np.mean(results["torch_eager"] == top1))
+    reference = w.protocol.params[w.protocol.reference_index]
+    images = jax.vmap(w.protocol.transform, (0, None))(w.batches[0][0], reference)
+    plain = np.asarray(jax.jit(w.classifier.logits)(w.classifier.variables, images))
+    scale = float(np.max(np.abs(plain)))
+    if FLAGS.fast:
+        fast = np.asarray(jax.jit(w.logits)(w.variables, images))
+        out["fast_vs_plain_max_rel_diff"] = float(np.max(np.abs(fast - plain)) / scale)
+        out["fast_vs_plain_top1_agreement"] = float(np.mean(fast.argmax(-1) == plain.argmax(-1)))
+    if twin is not None:
+        import torch
+
+        with torch.inference_mode():
+            logits = twin(torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).contiguous(
+                memory_format=torch.channels_last)).numpy()
+        out["torch_vs_plain_max_rel_diff"] = float(np.max(np.abs(logits - plain)) / scale)
+    return out
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def print_tables(record: dict[str, Any]) -> None:
+    """Markdown tables of one run's record."""
+    for name, r in record["protocols"].items():
+        print(f"\n## {name}: {r['model']}, batch {r['batch_size']}, {r['num_transforms']} "
+              f"transforms, chunk {r['chunk_size']}, fast={r['fast']}\n")
+        rows = [{"variant": k, "images x transforms / s": round(v, 1),
+                 "median s / round": round(float(np.median(r["seconds"][k])), 3),
+                 "evaluator / variant": round(r["ratios"].get(f"evaluator/{k}", 1.0), 3)}
+                for k, v in r["rates"].items()]
+        print(report.markdown_table(rows, list(rows[0]), 3))
+        if r.get("torch_note"):
+            print(f"\n{r['torch_note']}")
+        c = r["compile"]
+        print(f"\ncompiles: evaluator {c['evaluator']['compile_count']} trace(s), "
+              + ", ".join(f"{k} {v['compiles']} compile(s) {v['compile_s']:.1f} s"
+                          for k, v in c.items())
+              + f"; during timed rounds: {r['compiles_during_rounds']}")
+        mem = r["memory"]
+        print(f"XLA bytes per call: evaluator {mem['evaluator']['peak_bytes'] / 2**20:.1f} MiB, "
+              f"bare forward {mem['bare_forward']['peak_bytes'] / 2**20:.1f} MiB; "
+              f"process max RSS {mem['max_rss_bytes'] / 2**20:.0f} MiB")
+        print("agreement: " + ", ".join(f"{k} {v:.3g}" for k, v in r["agreement"].items()))
+        if r.get("scaling_transforms"):
+            cols = ["factor", "num_transforms", "seconds_per_batch", "rate", "compiles",
+                    "peak_bytes"]
+            print("\n" + report.markdown_table(r["scaling_transforms"], cols, 3))
+        if r.get("scaling_devices"):
+            print("\n" + report.markdown_table(r["scaling_devices"], list(
+                r["scaling_devices"][0]), 1))
+        if r.get("profile"):
+            p = r["profile"]
+            print(f"\nprofile, one evaluator call ({p['total_op_ms']:.0f} ms of op time):\n")
+            print(report.markdown_table(p["by_category"], ["category", "ms", "share"], 3))
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise sb_flags.FlagError(f"unexpected arguments {argv[1:]}.")
+    for flag, values, allowed in (("protocols", FLAGS.protocols, SETUPS),
+                                  ("variants", FLAGS.variants, VARIANTS)):
+        bad = [v for v in values if v not in allowed]
+        if bad or not values:
+            raise sb_flags.FlagError(f"--{flag}={','.join(values)}: choose from {list(allowed)}.")
+    if "evaluator" not in FLAGS.variants:
+        raise sb_flags.FlagError("--variants must include 'evaluator' (the ratios' numerator).")
+    jax.monitoring.register_event_duration_secs_listener(_listen)
+    load_start = os.getloadavg()
+    record = {"config": sb_flags.flag_values(), "versions": report.versions(),
+              "cpu_count": os.cpu_count(), "device_count": jax.device_count(),
+              "protocols": {}}
+    if _torch_available():
+        import torch
+
+        record["versions"]["torch"] = torch.__version__
+        record["torch_threads"] = torch.get_num_threads()
+    for name in FLAGS.protocols:
+        logging.info("measuring %s", name)
+        record["protocols"][name] = measure(name)
+    record["load_average"] = {"start": load_start, "end": os.getloadavg()}
+    if report.is_writer():
+        report.write_json(os.path.join(FLAGS.output_dir, "throughput.json"), record)
+    print_tables(record)
+    print(f"\nload average (1, 5, 15 min) at start {load_start}, at end {os.getloadavg()}; "
+          f"{os.cpu_count()} CPUs")
+
+
+if __name__ == "__main__":
+    sb_flags.run_main(main)

@@ -297,10 +297,15 @@ def binomial_filter(size: int) -> jax.Array:
 
     Rows [1], [1,1], [1,2,1], [1,3,3,1], ...; the filter is the outer product of the row.
     """
+    row = _binomial_row(size)
+    return jnp.asarray(np.outer(row, row), jnp.float32)
+
+
+def _binomial_row(size: int) -> np.ndarray:
+    """Row [1, 3, 3, 1] / 8 style binomial weights of length size (1..7), summing to 1."""
     check_int("size", size, 1, MAX_BLUR_SIZE)
     row = np.array([math.comb(size - 1, i) for i in range(size)], np.float64)
-    kernel = np.outer(row, row)
-    return jnp.asarray(kernel / kernel.sum(), jnp.float32)
+    return row / row.sum()
 
 
 def blur_pool(x: ArrayLike, size: int, stride: int, padding: str = "reflect") -> jax.Array:
@@ -310,15 +315,13 @@ def blur_pool(x: ArrayLike, size: int, stride: int, padding: str = "reflect") ->
     'reflect' (Zhang), 'circular' or 'zero', [floor((k-1)/2), ceil((k-1)/2)] on each axis.
     Returns [N, ceil(H/s), ceil(W/s), C].
     """
-    check_int("size", size, 1, MAX_BLUR_SIZE)
+    # The binomial filter is the outer product of its row: blur H, then W, each as a weighted
+    # sum of strided slices (exactly the 2-D filter; far faster on CPU than a depthwise conv).
+    row = _binomial_row(size)
     check_int("stride", stride)
     check_choice("padding", padding, _PAD_FILLS)
     x = jnp.asarray(x)
     xp = pad_spatial(x, (((size - 1) // 2, size // 2),) * 2, padding)
-    # The binomial filter is the outer product of its row: blur H, then W, each as a weighted
-    # sum of strided slices (exactly the 2-D filter; far faster on CPU than a depthwise conv).
-    row = np.array([math.comb(size - 1, i) for i in range(size)], np.float64)
-    row = row / row.sum()
     for axis in (1, 2):
         n = (xp.shape[axis] - size) // stride + 1
         xp = sum(

@@ -108,6 +108,26 @@ class EvalResult:
     wall_time_s: float
 
 
+def chunk_size_for_budget(
+    bytes_per_image: float, images_per_device: int, num_params: int, budget_bytes: int
+) -> int:
+    """The `EvalConfig.chunk_size` whose model calls fit `budget_bytes` of activations.
+
+    Args:
+      bytes_per_image: the model's temporary bytes per image (e.g. XLA's
+        `memory_analysis().temp_size_in_bytes` of a forward pass / its batch size).
+      images_per_device: batch_size / number of devices.
+      num_params: sweep length T.
+      budget_bytes: bytes one call may use on one device.
+
+    Returns:
+      The largest chunk in [1, T] with chunk * images_per_device * bytes_per_image <=
+      budget_bytes (1 if even one parameter exceeds it).
+    """
+    per_param = max(bytes_per_image * images_per_device, 1.0)
+    return int(min(max(budget_bytes // per_param, 1), num_params))
+
+
 def _neighbour_changes(probs: Array) -> Array:
     """[T-1, N] float32: whether the top-1 class differs between parameters k and k+1."""
     top = jnp.argmax(probs, axis=-1)

@@ -19,11 +19,17 @@ Both act through `flax.linen.intercept_methods` on the layers `models/subsamplin
 
     logits_fn, variables = fastpath.prepare(model, variables, (32, 32, 3))
     logits = jax.jit(logits_fn)(variables, images)      # [N, K], as model.apply(...)[0]
+
+One XLA setting helps too, process-wide (`configure_xla_cpu`, before JAX starts its CPU
+backend): YNNPACK fusions that take in elementwise ops (`XLA_CPU_FLAGS`), so bias + ReLU +
+residual add run inside the library's convolution subgraphs instead of as separate passes over
+memory (ResNet-20: 10-20% less CPU time per image; ResNet-50: no change).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +41,23 @@ from flax.core import unfreeze
 from models.subsampling import Conv, resolve_padding
 
 Path = tuple[str, ...]
+
+XLA_CPU_FLAGS = (
+    "--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution,eltwise",
+)
+
+
+def configure_xla_cpu() -> str:
+    """Adds `XLA_CPU_FLAGS` to the XLA_FLAGS environment variable (each unless already set).
+
+    Takes effect only if called before JAX starts its CPU backend (the first computation or
+    device query). Returns the resulting XLA_FLAGS.
+    """
+    current = os.environ.get("XLA_FLAGS", "")
+    names = {f.split("=")[0] for f in current.split()}
+    extra = [f for f in XLA_CPU_FLAGS if f.split("=")[0] not in names]
+    os.environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()
+    return os.environ["XLA_FLAGS"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -111,6 +111,15 @@ flags.DEFINE_integer(
     lower_bound=1,
 )
 flags.DEFINE_bool("fast", True, "Apply benchmarks.fastpath rewrites to the JAX classifier.")
+flags.DEFINE_bool(
+    "xla_tuning", True, "Start JAX with benchmarks.fastpath.XLA_CPU_FLAGS (YNNPACK eltwise fusion)."
+)
+flags.DEFINE_bool(
+    "torch_passive_wait",
+    True,
+    "OMP_WAIT_POLICY=PASSIVE for torch (unless set): its default spin-waiting collapses torch's "
+    "throughput 2-3x when other processes load the cores.",
+)
 flags.DEFINE_bool("scaling", True, "Measure cost against the number of transforms.")
 flags.DEFINE_integer(
     "scaling_base", 2, "Sweep length of the x1 scaling point (x4, x16 follow).", lower_bound=2
@@ -216,17 +225,6 @@ def build_workload(name: str) -> Workload:
 
 
 # --- the variants: each a zero-argument callable that evaluates every batch and blocks --------
-
-
-def chunk_size_for_budget(bytes_per_image: float, images_per_device: int, num_params: int,
-                          budget_bytes: int) -> int:
-    """Sweep parameters per evaluator call so that one call's activations fit `budget_bytes`.
-
-    bytes_per_image: XLA's temporary bytes of the model per image; images_per_device: the
-    batch on one device. Returns an int in [1, num_params].
-    """
-    per_call = max(bytes_per_image * images_per_device, 1.0)
-    return int(min(max(budget_bytes // per_call, 1), num_params))
 
 
 def make_evaluator(w: Workload, chunk_size: int) -> tuple[evaluate.Evaluator, Callable[[], Any]]:
@@ -342,6 +340,9 @@ def scaling_transforms(ev: evaluate.Evaluator, w: Workload, base: int) -> list[d
             "compile_s": compile_s,
             **_memory(ev.compiled(image_shape, params)),
         })
+    for row in rows:  # seconds per transform relative to the x1 sweep
+        row["cost_per_transform_vs_x1"] = (row["seconds_per_batch"] / row["num_transforms"]) / (
+            rows[0]["seconds_per_batch"] / rows[0]["num_transforms"])
     return rows
 
 
@@ -358,7 +359,7 @@ def scaling_devices(name: str, counts: list[int], own: dict[str, Any]) -> list[d
                     "--variants=evaluator", "--device_counts=", "--noscaling",
                     f"--output_dir={tmp}"]
             for flag in ("repeats", "num_batches", "batch_size", "crop_size", "max_shift",
-                         "chunk_size", "memory_budget_mb", "fast", "seed"):
+                         "chunk_size", "memory_budget_mb", "fast", "xla_tuning", "seed"):
                 value = getattr(FLAGS, flag)
                 if value is not None:
                     args.append(f"--{flag}={value}")
@@ -387,12 +388,16 @@ def profile_ops(run: Callable[[], Any], hlo: str, top: int = 15) -> dict[str, An
     """Milliseconds per XLA op of one `run()` (summed over threads), by op and by category.
 
     Categories from the optimised HLO `hlo`: 'library (YNNPACK) <op>' for library fusions,
-    'convolution' / 'dot' for XLA's own kernels, 'loop fusion <op>' for elementwise fusions
-    (<op> is the last op named in the fusion's metadata).
+    'convolution' / 'dot' for XLA's own (Eigen) kernels, 'loop fusion <op>' for elementwise
+    fusions (<op> is the last op named in the fusion's metadata). Eigen convolutions finish on
+    Eigen's thread pool after their op event ends, so they are undercounted: compare the op
+    total with `wall_ms` x threads.
     """
     with tempfile.TemporaryDirectory() as tmp:
         jax.profiler.start_trace(tmp)
+        start = time.perf_counter()
         run()
+        wall_ms = (time.perf_counter() - start) * 1e3
         jax.profiler.stop_trace()
         data = jax.profiler.ProfileData.from_file(glob.glob(f"{tmp}/**/*.xplane.pb",
                                                             recursive=True)[0])
@@ -409,6 +414,7 @@ def profile_ops(run: Callable[[], Any], hlo: str, top: int = 15) -> dict[str, An
         per_category[_category(op, hlo)] += ms
     total = sum(per_op.values())
     return {
+        "wall_ms": wall_ms,
         "total_op_ms": total,
         "by_category": [{"category": c, "ms": ms, "share": ms / total}
                         for c, ms in per_category.most_common()],
@@ -456,7 +462,7 @@ def measure(name: str) -> dict[str, Any]:
     bare_memory = _memory(compile_bare())
     bare_compile = _compiles_since(mark)
     per_image = bare_memory["temp_bytes"] / w.batch_size
-    chunk = FLAGS.chunk_size or chunk_size_for_budget(
+    chunk = FLAGS.chunk_size or evaluate.chunk_size_for_budget(
         per_image, w.batch_size // jax.device_count(), t, FLAGS.memory_budget_mb << 20)
     out["chunk_size"] = chunk
     ev, ev_run = make_evaluator(w, chunk)
@@ -560,15 +566,16 @@ def print_tables(record: dict[str, Any]) -> None:
               f"process max RSS {mem['max_rss_bytes'] / 2**20:.0f} MiB")
         print("agreement: " + ", ".join(f"{k} {v:.3g}" for k, v in r["agreement"].items()))
         if r.get("scaling_transforms"):
-            cols = ["factor", "num_transforms", "seconds_per_batch", "rate", "compiles",
-                    "peak_bytes"]
+            cols = ["factor", "num_transforms", "seconds_per_batch", "rate",
+                    "cost_per_transform_vs_x1", "compiles", "peak_bytes"]
             print("\n" + report.markdown_table(r["scaling_transforms"], cols, 3))
         if r.get("scaling_devices"):
             print("\n" + report.markdown_table(r["scaling_devices"], list(
                 r["scaling_devices"][0]), 1))
         if r.get("profile"):
             p = r["profile"]
-            print(f"\nprofile, one evaluator call ({p['total_op_ms']:.0f} ms of op time):\n")
+            print(f"\nprofile of one round: {p['wall_ms']:.0f} ms wall, {p['total_op_ms']:.0f} ms "
+                  "attributed to XLA ops (Eigen convolutions are undercounted):\n")
             print(report.markdown_table(p["by_category"], ["category", "ms", "share"], 3))
 
 
@@ -582,10 +589,15 @@ def main(argv: list[str]) -> None:
             raise sb_flags.FlagError(f"--{flag}={','.join(values)}: choose from {list(allowed)}.")
     if "evaluator" not in FLAGS.variants:
         raise sb_flags.FlagError("--variants must include 'evaluator' (the ratios' numerator).")
+    if FLAGS.xla_tuning:
+        fastpath.configure_xla_cpu()  # before the first device query starts the backend
+    if FLAGS.torch_passive_wait:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP
     jax.monitoring.register_event_duration_secs_listener(_listen)
     load_start = os.getloadavg()
     record = {"config": sb_flags.flag_values(), "versions": report.versions(),
               "cpu_count": os.cpu_count(), "device_count": jax.device_count(),
+              "env": {k: os.environ.get(k) for k in ("XLA_FLAGS", "OMP_WAIT_POLICY")},
               "protocols": {}}
     if _torch_available():
         import torch

@@ -1,0 +1,254 @@
+"""The throughput benchmark end to end, the inference rewrites (benchmarks/fastpath.py), the
+torch twins (benchmarks/torch_reference.py, skipped without torch) and the evaluator's
+one-compile and chunk-budget contracts. No timed assertions: the benchmark prints the figures."""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from cli import fails_with_one_line, run_module
+
+from benchmarks import evaluate, fastpath, protocols
+from models import registry, small, subsampling
+
+
+def _randomised(variables, seed=0):
+    """Variables with BatchNorm statistics, scales and every bias drawn at random, so that a
+    fold that mixes them up (or ignores one) changes the logits."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, a):
+        name = jax.tree_util.keystr(path)
+        if "'var'" in name:
+            return jnp.asarray(rng.uniform(0.5, 2.0, a.shape), jnp.float32)
+        if "'mean'" in name or "'bias'" in name:
+            return jnp.asarray(rng.normal(0.0, 0.2, a.shape), jnp.float32)
+        if "'scale'" in name:
+            return jnp.asarray(rng.uniform(0.5, 1.5, a.shape), jnp.float32)
+        return a
+
+    return jax.tree_util.tree_map_with_path(draw, variables)
+
+
+def _model(name, size):
+    model = registry.build(name, **({} if name == "resnet50" else {"num_classes": 10}))
+    variables = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
+    return model, _randomised(variables)
+
+
+def _images(n, size, seed=1):
+    return jnp.asarray(np.random.default_rng(seed).random((n, size, size, 3), np.float32))
+
+
+# --- BatchNorm folding and 1x1 convolutions as dots --------------------------------------------
+
+
+def test_fold_batchnorm_hand_worked():
+    """One Conv 1x1 + BatchNorm: the folded kernel and shift against the formula in numpy."""
+    module = small.ConvBN(features=2, kernel_size=1)
+    x = np.arange(12, dtype=np.float32).reshape(1, 2, 3, 2) / 10
+    kernel = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
+    scale, bias = np.array([2.0, 0.5], np.float32), np.array([0.1, -0.3], np.float32)
+    mean, var = np.array([0.4, -1.0], np.float32), np.array([4.0, 0.25], np.float32)
+    variables = {
+        "params": {"conv": {"kernel": kernel[None, None]}, "bn": {"scale": scale, "bias": bias}},
+        "batch_stats": {"bn": {"mean": mean, "var": var}},
+    }
+    pairs = fastpath.conv_batchnorm_pairs(module, variables, (2, 3, 2))
+    assert pairs == (fastpath.ConvBatchNorm(("conv",), ("bn",), small._BN_EPSILON),)
+    folded = fastpath.fold_batchnorm(variables, pairs)
+    s = scale / np.sqrt(var + small._BN_EPSILON)
+    np.testing.assert_allclose(folded["params"]["conv"]["kernel"][0, 0], kernel * s, rtol=1e-6)
+    np.testing.assert_allclose(folded["params"]["bn"]["bias"], bias - mean * s, rtol=1e-6)
+    expected = (x @ kernel - mean) * s + bias  # BatchNorm(conv(x)), by hand
+    for v in (variables, folded):  # the plain module computes the same with either
+        got = module.apply(v, x, train=False)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert variables["params"]["conv"]["kernel"][0, 0, 0, 1] == -2.0  # input left unchanged
+
+
+def test_conv1x1_as_dot_matches_numpy():
+    """A strided 1x1 conv with bias, rewritten as a dot, against x[:, ::2, ::2] @ W + b."""
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return subsampling.Conv(5, 1, stride=2, padding="VALID")(x), {}
+
+    x = _images(2, 7)
+    net = Net()
+    variables = _randomised(net.init(jax.random.key(0), x))
+    p = variables["params"]["Conv_0"]
+    expected = np.einsum("nhwc,co->nhwo", np.asarray(x)[:, ::2, ::2], p["kernel"][0, 0])
+    expected = expected + np.asarray(p["bias"])
+    fast = fastpath.logits_fn(net, (), fastpath.FastPath(fold_batchnorm=False))
+    np.testing.assert_allclose(jax.jit(fast)(variables, x), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.apply(variables, x)[0], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, size, num_pairs",
+    [("resnet20", 32, 19), ("vgg_small", 32, 6), ("allconv", 32, 8), ("resnet50", 32, 53)],
+)
+def test_fast_logits_match_the_plain_model(name, size, num_pairs):
+    model, variables = _model(name, size)
+    x = _images(6, size)
+    plain = np.asarray(jax.jit(lambda v, x: model.apply(v, x)[0])(variables, x))
+    pairs = fastpath.conv_batchnorm_pairs(model, variables, (size, size, 3))
+    assert len(pairs) == num_pairs  # every conv + BN of the model (hand count)
+    folded = fastpath.fold_batchnorm(variables, pairs)
+    logits, fast_variables = fastpath.prepare(model, variables, (size, size, 3))
+    fast = np.asarray(jax.jit(logits)(fast_variables, x))
+    scale = np.abs(plain).max()
+    np.testing.assert_allclose(fast / scale, plain / scale, atol=2e-5)
+    np.testing.assert_array_equal(fast.argmax(-1), plain.argmax(-1))
+    # The folded variables are valid for the unmodified model too.
+    np.testing.assert_allclose(model.apply(folded, x)[0] / scale, plain / scale, atol=2e-5)
+    # Batched equals looped, under vmap as well.
+    looped = np.concatenate([np.asarray(logits(fast_variables, x[i : i + 1])) for i in range(6)])
+    vmapped = jax.vmap(logits, (None, 0))(fast_variables, x.reshape(3, 2, size, size, 3))
+    np.testing.assert_allclose(looped / scale, fast / scale, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(vmapped).reshape(6, -1) / scale, fast / scale, atol=2e-5)
+    # The rewrites did change the program: no BatchNorm arithmetic (rsqrt) is left.
+    text = jax.jit(logits).lower(fast_variables, x).as_text()
+    assert "rsqrt" not in text and "rsqrt" in jax.jit(model.apply).lower(variables, x).as_text()
+
+
+def test_fast_path_options_apply_separately():
+    model, variables = _model("resnet20", 16)
+    x = _images(3, 16)
+    plain = np.asarray(model.apply(variables, x)[0])
+    for options in (fastpath.FastPath(fold_batchnorm=False), fastpath.FastPath(False, False)):
+        logits, v = fastpath.prepare(model, variables, (16, 16, 3), options)
+        assert v is variables  # nothing folded
+        np.testing.assert_allclose(logits(v, x), plain, rtol=1e-4, atol=1e-4)
+
+
+def test_configure_xla_cpu_appends_each_flag_once(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    first = fastpath.configure_xla_cpu()
+    assert first.split() == ["--xla_force_host_platform_device_count=2", *fastpath.XLA_CPU_FLAGS]
+    assert fastpath.configure_xla_cpu() == first
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")  # a user's own
+    assert fastpath.configure_xla_cpu() == "--xla_cpu_experimental_ynn_fusion_type="
+
+
+# --- the evaluator with the fast path --------------------------------------------------------
+
+
+def test_evaluator_compiles_once_with_the_fast_path():
+    model, variables = _model("resnet20", 16)
+    logits, fast_variables = fastpath.prepare(model, variables, (16, 16, 3))
+    proto = protocols.build("crop", (20, 20, 3), sweep="diagonal", max_shift=2, crop_size=16)
+    ev = evaluate.Evaluator(logits, proto.transform, 4, evaluate.EvalConfig(chunk_size=2),
+                            fast_variables)
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, d, **kw: compiles.append(event)
+        if event == "/jax/core/compile/backend_compile_duration" else None
+    )
+    rng = np.random.default_rng(0)
+    batches = [(rng.random((4, 20, 20, 3), np.float32), rng.integers(0, 10, 4)) for _ in range(3)]
+    first = ev.run(batches, proto.params, proto.reference_index)
+    assert len(compiles) == 1 and ev.compile_count == 1
+    other = ev.run(batches[1:], proto.params[::-1], 0)  # new batches, new sweep values
+    ev.compiled((20, 20, 3), proto.params)  # the memory / HLO view: cached, no compile
+    assert len(compiles) == 1 and ev.compile_count == 1
+    assert first.num_images == 12 and other.num_images == 8
+    # The fast path gives the plain classifier's numbers.
+    plain = evaluate.Evaluator(lambda v, x: model.apply(v, x)[0], proto.transform, 4,
+                               evaluate.EvalConfig(chunk_size=2), variables)
+    ref = plain.run(batches, proto.params, proto.reference_index)
+    np.testing.assert_array_equal(first.accuracy_per_param, ref.accuracy_per_param)
+    for key in ("p_top1_change", "mac", "accuracy"):
+        np.testing.assert_allclose(first.metrics[key], ref.metrics[key], rtol=1e-4, atol=1e-6)
+    memory = ev.compiled((20, 20, 3), proto.params).memory_analysis()
+    assert memory.temp_size_in_bytes > 0
+
+
+@pytest.mark.parametrize(
+    "per_image, images, num_params, budget, expected",
+    [
+        (1000, 10, 81, 100_000, 10),  # 10 parameters of 10 images x 1000 bytes fit
+        (1000, 10, 4, 100_000, 4),  # never more than the sweep
+        (1000, 10, 81, 5_000, 1),  # one parameter already exceeds: 1
+        (0, 10, 9, 1, 1),  # a model without temporaries: a byte per call
+    ],
+)
+def test_chunk_size_for_budget(per_image, images, num_params, budget, expected):
+    assert evaluate.chunk_size_for_budget(per_image, images, num_params, budget) == expected
+
+
+# --- the torch twins (optional) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, size", [("resnet20", 32), ("resnet50", 64)])
+def test_torch_twin_matches_flax(name, size):
+    torch = pytest.importorskip("torch")
+    from benchmarks import torch_reference
+
+    model, variables = _model(name, size)
+    x = _images(3, size)
+    flax_logits = np.asarray(model.apply(variables, x)[0])
+    twin = torch_reference.from_flax(model, variables).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        images = torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2)
+        torch_logits = twin(images.contiguous(memory_format=torch.channels_last)).numpy()
+    scale = np.abs(flax_logits).max()
+    np.testing.assert_allclose(torch_logits / scale, flax_logits / scale, atol=1e-4)
+    np.testing.assert_array_equal(torch_logits.argmax(-1), flax_logits.argmax(-1))
+
+
+def test_torch_twin_rejects_models_without_one():
+    pytest.importorskip("torch")
+    from benchmarks import torch_reference
+
+    for model in (small.vgg_small(), small.resnet20(stride_mode="blur")):
+        variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+        with pytest.raises(ValueError, match="model"):
+            torch_reference.from_flax(model, variables)
+
+
+# --- the benchmark, end to end ---------------------------------------------------------------
+
+
+def test_benchmark_runs_end_to_end_and_writes_its_json(tmp_path):
+    res = run_module(
+        "benchmarks.throughput", "--protocols=resnet20", "--batch_size=8", "--crop_size=16",
+        "--max_shift=1", "--repeats=1", "--scaling_base=2", "--memory_budget_mb=1",
+        "--device_counts=1,2", "--profile", f"--output_dir={tmp_path}",
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    record = json.loads((tmp_path / "throughput.json").read_text())
+    assert set(record) >= {"config", "versions", "env", "load_average", "protocols"}
+    assert "ynn_fusion_type" in record["env"]["XLA_FLAGS"]
+    r = record["protocols"]["resnet20"]
+    variants = {"evaluator", "bare_forward", "python_loop"} | (
+        {"torch_eager"} if "torch" in record["versions"] else set())
+    assert set(r["rates"]) == variants and all(v > 0 for v in r["rates"].values())
+    assert set(r["ratios"]) == {f"evaluator/{k}" for k in variants - {"evaluator"}}
+    assert r["num_transforms"] == 4 and r["batch_size"] == 8  # a 2 x 2 grid of shifts
+    assert r["compile"]["evaluator"]["compile_count"] == 1
+    assert r["compile"]["evaluator"]["compiles"] == 1 and r["compiles_during_rounds"] == 0
+    assert r["agreement"]["evaluator_vs_loop_accuracy_max_diff"] == 0
+    assert r["agreement"]["fast_vs_plain_top1_agreement"] == 1
+    assert r["agreement"]["fast_vs_plain_max_rel_diff"] < 1e-4
+    if "torch_eager" in variants:
+        assert r["agreement"]["torch_vs_loop_top1_agreement"] == 1
+    scaling = r["scaling_transforms"]
+    assert [s["num_transforms"] for s in scaling] == [2, 8, 32]
+    assert all(s["compiles"] == 1 for s in scaling)  # one compile per sweep
+    peaks = [s["peak_bytes"] for s in scaling]
+    assert max(peaks) < 1.2 * min(peaks)  # flat in the number of transforms
+    devices = {d["devices"]: d for d in r["scaling_devices"]}
+    assert set(devices) == {1, 2} and all(d["compile_count"] == 1 for d in devices.values())
+    assert r["profile"]["by_category"] and r["profile"]["total_op_ms"] > 0
+    assert "| evaluator |" in res.stdout and "load average" in res.stdout
+
+
+def test_bad_flags_fail_in_one_line():
+    res = run_module("benchmarks.throughput", "--protocols=resnet21")
+    assert fails_with_one_line(res, "--protocols=resnet21")

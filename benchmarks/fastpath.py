@@ -36,6 +36,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax.core import unfreeze
 
 from models.subsampling import Conv, resolve_padding
@@ -132,23 +133,25 @@ def fold_batchnorm(variables: Any, pairs: tuple[ConvBatchNorm, ...]) -> dict:
       pairs: from `conv_batchnorm_pairs`.
 
     Returns:
-      New variables of the same tree: conv kernel [kh, kw, cin, cout] scaled by s [cout], conv
-      bias (if any) zero, BatchNorm scale 1, bias = the shift t, mean 0, var 1 - eps (so that
-      the plain model computes the same function with them).
+      New variables of the same tree, as float32 numpy arrays (computed on the host: nothing
+      to compile): conv kernel [kh, kw, cin, cout] scaled by s [cout], conv bias (if any)
+      zero, BatchNorm scale 1, bias = the shift t, mean 0, var 1 - eps (so that the plain
+      model computes the same function with them).
     """
-    out = unfreeze(jax.tree.map(jnp.asarray, variables))
+    out = unfreeze(jax.tree.map(np.asarray, variables))
     for pair in pairs:
         conv = _get(out["params"], pair.conv)
         bn = _get(out["params"], pair.bn)
         stats = _get(out["batch_stats"], pair.bn)
-        s = bn["scale"] * jax.lax.rsqrt(stats["var"] + pair.epsilon)
+        s = (bn["scale"] / np.sqrt(stats["var"] + np.float32(pair.epsilon))).astype(np.float32)
         shift = bn["bias"] - stats["mean"] * s
         if "bias" in conv:
             shift = shift + conv["bias"] * s
-            conv["bias"] = jnp.zeros_like(conv["bias"])
+            conv["bias"] = np.zeros_like(conv["bias"])
         conv["kernel"] = conv["kernel"] * s
-        bn["scale"], bn["bias"] = jnp.ones_like(s), shift
-        stats["mean"], stats["var"] = jnp.zeros_like(s), jnp.full_like(s, 1.0 - pair.epsilon)
+        bn["scale"], bn["bias"] = np.ones_like(s), shift.astype(np.float32)
+        stats["mean"] = np.zeros_like(s)
+        stats["var"] = np.full_like(s, 1.0 - pair.epsilon)
     return out
 
 

@@ -25,12 +25,22 @@ shared machine hits every variant alike):
                     mode), a loop over the sweep, as the published reference codes evaluate.
 
 (a), (b) and (c) run the same JAX classifier: with --fast (default) the inference rewrites of
-`benchmarks.fastpath` (BatchNorm folded, 1x1 convs as dots). Reported: images x transforms per
-second of each (median over rounds), the ratios a/b, a/c, a/d (medians of per-round ratios),
-compile counts and compile seconds, XLA's bytes per batch call, how the evaluator's cost grows
-with the number of transforms (x1, x4, x16 of --scaling_base) and with simulated devices
-(a child process per entry of --device_counts), and, with --profile, where the evaluator's
-time goes per XLA op. Printed as markdown tables and written to --output_dir/throughput.json.
+`benchmarks.fastpath` (BatchNorm folded, 1x1 convs as dots), with --xla_tuning (default) under
+`fastpath.XLA_CPU_FLAGS`. The evaluator's chunk size comes from --memory_budget_mb and XLA's
+temporary bytes per image of the bare forward. torch runs with OMP_WAIT_POLICY=PASSIVE
+(--torch_passive_wait): libgomp's spin-waiting workers keep burning the cores after each torch
+call, which slows the JAX variants of the same process (by ~8% with libgomp's default policy,
+1.8x with ACTIVE, ResNet-20 on 2 idle cores) and halves torch's own throughput when other
+processes load the cores.
+
+Reported: images x transforms per second of each (median over rounds), the ratios a/b, a/c,
+a/d (medians over rounds of the per-round time ratios), compile counts and compile seconds,
+XLA's bytes per batch call, cross-checks of the variants' predictions, how the evaluator's cost
+grows with the number of transforms (--scaling_factors x --scaling_base) and with simulated
+devices (a child process per entry of --device_counts), and, with --profile, where one
+evaluator round spends its time per XLA op. Printed as markdown tables and written to
+--output_dir/throughput.json, with the load average at start and end (timings on a shared
+machine are noisy: compare ratios of one run).
 """
 
 from __future__ import annotations
@@ -98,7 +108,9 @@ flags.DEFINE_list("protocols", list(SETUPS), f"Protocols to measure, of {list(SE
 flags.DEFINE_list("variants", list(VARIANTS), f"Variants to measure, of {list(VARIANTS)}.")
 flags.DEFINE_integer("repeats", 5, "Alternating timed rounds of every variant.", lower_bound=1)
 flags.DEFINE_integer("num_batches", 1, "Batches per timed round.", lower_bound=1)
-flags.DEFINE_integer("batch_size", None, "Images per batch (default: the protocol's).", lower_bound=1)
+flags.DEFINE_integer(
+    "batch_size", None, "Images per batch (default: the protocol's).", lower_bound=1
+)
 flags.DEFINE_integer("crop_size", None, "Crop side in px (default: the protocol's).", lower_bound=8)
 flags.DEFINE_integer("max_shift", None, "Largest shift (default: the protocol's).", lower_bound=1)
 flags.DEFINE_integer(
@@ -117,16 +129,15 @@ flags.DEFINE_bool(
 flags.DEFINE_bool(
     "torch_passive_wait",
     True,
-    "OMP_WAIT_POLICY=PASSIVE for torch (unless set): its default spin-waiting collapses torch's "
-    "throughput 2-3x when other processes load the cores.",
+    "OMP_WAIT_POLICY=PASSIVE for torch (unless set): spin-waiting OpenMP workers slow the JAX "
+    "variants of the same process, and torch itself when other processes load the cores.",
 )
 flags.DEFINE_bool("scaling", True, "Measure cost against the number of transforms.")
-flags.DEFINE_integer(
-    "scaling_base", 2, "Sweep length of the x1 scaling point (x4, x16 follow).", lower_bound=2
-)
+flags.DEFINE_integer("scaling_base", 2, "Sweep length of the x1 scaling point.", lower_bound=2)
+flags.DEFINE_list("scaling_factors", ["1", "4", "16"], "Sweep lengths, in multiples of the base.")
 flags.DEFINE_list("device_counts", ["1", "8"], "Simulated CPU device counts to compare.")
 flags.DEFINE_integer("torch_threads", None, "torch.set_num_threads (default: torch's).")
-flags.DEFINE_bool("profile", False, "Profile one evaluator batch per XLA op.")
+flags.DEFINE_bool("profile", False, "Profile one evaluator round per XLA op.")
 flags.DEFINE_integer("seed", 0, "Seed of images, labels and weights.")
 flags.DEFINE_string("output_dir", "runs/throughput", "Where throughput.json is written.")
 
@@ -188,6 +199,28 @@ def crop_corners(params: np.ndarray, max_shift: int, slack: int) -> np.ndarray:
     return (base - np.round(params)).astype(np.int64)
 
 
+def random_variables(model: Any, input_shape: tuple[int, int, int], seed: int) -> dict:
+    """Seeded variables for `model` drawn in numpy (no XLA compile, unlike `model.init`):
+    kernels He-normal, biases and BatchNorm means N(0, 0.1), BatchNorm scales U(0.5, 1.5) and
+    variances U(0.5, 2), so that a BatchNorm fold that mixes them up shows in the logits."""
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), np.zeros((1, *input_shape), np.float32))
+    )
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name, shape = path[-1].key, leaf.shape
+        if name == "kernel":
+            return rng.normal(0, np.sqrt(2 / np.prod(shape[:-1])), shape).astype(np.float32)
+        if name == "scale":
+            return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        if name == "var":
+            return rng.uniform(0.5, 2.0, shape).astype(np.float32)
+        return rng.normal(0, 0.1, shape).astype(np.float32)  # bias, mean
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
 def build_workload(name: str) -> Workload:
     """The protocol `name` at the flag-given sizes, with seeded weights, images and labels."""
     setup = SETUPS[name]
@@ -199,14 +232,23 @@ def build_workload(name: str) -> Workload:
     sb_flags.check_batch_size(batch_size)
     side = crop + setup.slack
     protocol = protocols.build(
-        "crop", (side, side, 3), sweep=setup.sweep, max_shift=max_shift, min_shift=0,
+        "crop",
+        (side, side, 3),
+        sweep=setup.sweep,
+        max_shift=max_shift,
+        min_shift=0,
         crop_size=crop,
     )
     corners = crop_corners(protocol.params, max_shift, setup.slack)
     probe = np.random.default_rng(1).random((side, side, 3), dtype=np.float32)
     for p, (y, x) in zip(protocol.params, corners):  # the torch loop crops the same windows
-        np.testing.assert_array_equal(protocol.transform(probe, p), probe[y:y + crop, x:x + crop])
-    classifier = classifiers.load(setup.model, setup.num_classes, (crop, crop, 3), seed=FLAGS.seed)
+        np.testing.assert_array_equal(
+            protocol.transform(probe, p), probe[y : y + crop, x : x + crop]
+        )
+    model = classifiers.build_model(setup.model, setup.num_classes)
+    classifier = classifiers.Classifier(
+        model, random_variables(model, (crop, crop, 3), FLAGS.seed), "random (numpy)"
+    )
     if FLAGS.fast:
         logits, variables = fastpath.prepare(
             classifier.model, classifier.variables, (crop, crop, 3)
@@ -230,24 +272,25 @@ def build_workload(name: str) -> Workload:
 def make_evaluator(w: Workload, chunk_size: int) -> tuple[evaluate.Evaluator, Callable[[], Any]]:
     """(a): the evaluator and a runner returning its accuracy per parameter [T]."""
     ev = evaluate.Evaluator(
-        w.logits, w.protocol.transform, w.batch_size,
-        evaluate.EvalConfig(chunk_size=chunk_size), w.variables,
+        w.logits,
+        w.protocol.transform,
+        w.batch_size,
+        evaluate.EvalConfig(chunk_size=chunk_size),
+        w.variables,
     )
 
     def run():
-        result = ev.run(w.batches, w.protocol.params, w.protocol.reference_index,
-                        progress_every=0)
+        result = ev.run(w.batches, w.protocol.params, w.protocol.reference_index, progress_every=0)
         return result.accuracy_per_param
 
     return ev, run
 
 
-def make_bare_forward(w: Workload) -> tuple[Callable[[], jax.stages.Compiled], Callable[[], Any]]:
-    """(b): the jitted model on pre-cropped batches [B, h, w, C], one call per (batch, shift).
-
-    Returns (compile: -> the compiled forward, runner).
-    """
-    forward = jax.jit(w.logits)
+def make_bare_forward(
+    w: Workload, forward: Callable
+) -> tuple[jax.stages.Compiled, Callable[[], Any]]:
+    """(b): the jitted model `forward` on pre-cropped batches [B, h, w, C], one call per
+    (batch, shift). Returns (the compiled forward, runner)."""
     crop_all = jax.jit(jax.vmap(jax.vmap(w.protocol.transform, (0, None)), (None, 0)))
     params = jax.device_put(w.protocol.params)
     cropped = [list(crop_all(jax.device_put(x), params)) for x, _ in w.batches]  # T x [B, ...]
@@ -256,13 +299,14 @@ def make_bare_forward(w: Workload) -> tuple[Callable[[], jax.stages.Compiled], C
     def run():
         return jax.block_until_ready([forward(variables, x) for xs in cropped for x in xs])
 
-    return lambda: forward.lower(variables, cropped[0][0]).compile(), run
+    return forward.lower(variables, cropped[0][0]).compile(), run
 
 
 def make_python_loop(w: Workload) -> Callable[[], Any]:
     """(c): a Python loop over the sweep; returns top-1 [T, N] (batches concatenated)."""
-    step = jax.jit(lambda v, images, p: w.logits(v, jax.vmap(w.protocol.transform, (0, None))(
-        images, p)))
+    step = jax.jit(
+        lambda v, images, p: w.logits(v, jax.vmap(w.protocol.transform, (0, None))(images, p))
+    )
     images = [jax.device_put(x) for x, _ in w.batches]
     params = [jax.device_put(p) for p in w.protocol.params]
     variables = jax.device_put(w.variables)
@@ -284,14 +328,23 @@ def make_torch_eager(w: Workload) -> tuple[Callable[[], Any], Any]:
         torch.set_num_threads(FLAGS.torch_threads)
     twin = torch_reference.from_flax(w.classifier.model, w.classifier.variables)
     twin = twin.to(memory_format=torch.channels_last)
-    images = [torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-              for x, _ in w.batches]
+    images = [
+        torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        for x, _ in w.batches
+    ]
     h = w.protocol.output_shape[0]
 
     def run():
         with torch.inference_mode():
-            out = [[twin(x[:, :, y:y + h, c:c + h].contiguous(memory_format=torch.channels_last))
-                    for x in images] for y, c in w.corners]
+            out = [
+                [
+                    twin(
+                        x[:, :, y : y + h, c : c + h].contiguous(memory_format=torch.channels_last)
+                    )
+                    for x in images
+                ]
+                for y, c in w.corners
+            ]
             return np.stack([np.concatenate([l.argmax(-1).numpy() for l in row]) for row in out])
 
     return run, twin
@@ -319,11 +372,13 @@ def timed_rounds(runners: dict[str, Callable[[], Any]], repeats: int) -> dict[st
     return seconds
 
 
-def scaling_transforms(ev: evaluate.Evaluator, w: Workload, base: int) -> list[dict[str, Any]]:
-    """Evaluator cost for sweeps of base x 1, 4, 16 parameters (the sweep repeated)."""
+def scaling_transforms(
+    ev: evaluate.Evaluator, w: Workload, base: int, factors: list[int]
+) -> list[dict[str, Any]]:
+    """Evaluator cost for sweeps of base x factor parameters (the protocol's sweep repeated)."""
     rows = []
     image_shape = w.batches[0][0].shape[1:]
-    for factor in (1, 4, 16):
+    for factor in factors:
         params = np.resize(w.protocol.params, (base * factor, w.protocol.params.shape[1]))
         mark = len(_EVENTS)
         ev.run(w.batches[:1], params, 0, progress_every=0)  # compile
@@ -331,18 +386,21 @@ def scaling_transforms(ev: evaluate.Evaluator, w: Workload, base: int) -> list[d
         start = time.perf_counter()
         ev.run(w.batches[:1], params, 0, progress_every=0)
         seconds = time.perf_counter() - start
-        rows.append({
-            "factor": factor,
-            "num_transforms": len(params),
-            "seconds_per_batch": seconds,
-            "rate": w.batch_size * len(params) / seconds,
-            "compiles": compiles,
-            "compile_s": compile_s,
-            **_memory(ev.compiled(image_shape, params)),
-        })
+        rows.append(
+            {
+                "factor": factor,
+                "num_transforms": len(params),
+                "seconds_per_batch": seconds,
+                "rate": w.batch_size * len(params) / seconds,
+                "compiles": compiles,
+                "compile_s": compile_s,
+                **_memory(ev.compiled(image_shape, params)),
+            }
+        )
     for row in rows:  # seconds per transform relative to the x1 sweep
         row["cost_per_transform_vs_x1"] = (row["seconds_per_batch"] / row["num_transforms"]) / (
-            rows[0]["seconds_per_batch"] / rows[0]["num_transforms"])
+            rows[0]["seconds_per_batch"] / rows[0]["num_transforms"]
+        )
     return rows
 
 
@@ -355,17 +413,37 @@ def scaling_devices(name: str, counts: list[int], own: dict[str, Any]) -> list[d
             rows.append({"devices": n, **own})
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            args = [sys.executable, "-m", "benchmarks.throughput", f"--protocols={name}",
-                    "--variants=evaluator", "--device_counts=", "--noscaling",
-                    f"--output_dir={tmp}"]
-            for flag in ("repeats", "num_batches", "batch_size", "crop_size", "max_shift",
-                         "chunk_size", "memory_budget_mb", "fast", "xla_tuning", "seed"):
+            args = [
+                sys.executable,
+                "-m",
+                "benchmarks.throughput",
+                f"--protocols={name}",
+                "--variants=evaluator",
+                "--device_counts=",
+                "--noscaling",
+                f"--output_dir={tmp}",
+            ]
+            for flag in (
+                "repeats",
+                "num_batches",
+                "batch_size",
+                "crop_size",
+                "max_shift",
+                "chunk_size",
+                "memory_budget_mb",
+                "fast",
+                "xla_tuning",
+                "seed",
+            ):
                 value = getattr(FLAGS, flag)
                 if value is not None:
                     args.append(f"--{flag}={value}")
-            env = dict(os.environ, JAX_PLATFORMS="cpu",
-                       XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
-                                 f"--xla_force_host_platform_device_count={n}")
+            env = dict(
+                os.environ,
+                JAX_PLATFORMS="cpu",
+                XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                f"--xla_force_host_platform_device_count={n}",
+            )
             proc = subprocess.run(args, env=env, capture_output=True, text=True)
             if proc.returncode:
                 raise RuntimeError(f"the {n}-device run failed:\n{proc.stderr[-3000:]}")
@@ -399,8 +477,9 @@ def profile_ops(run: Callable[[], Any], hlo: str, top: int = 15) -> dict[str, An
         run()
         wall_ms = (time.perf_counter() - start) * 1e3
         jax.profiler.stop_trace()
-        data = jax.profiler.ProfileData.from_file(glob.glob(f"{tmp}/**/*.xplane.pb",
-                                                            recursive=True)[0])
+        data = jax.profiler.ProfileData.from_file(
+            glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True)[0]
+        )
     per_op: collections.Counter = collections.Counter()
     for plane in data.planes:
         if not plane.name.startswith("/host:CPU"):
@@ -416,10 +495,13 @@ def profile_ops(run: Callable[[], Any], hlo: str, top: int = 15) -> dict[str, An
     return {
         "wall_ms": wall_ms,
         "total_op_ms": total,
-        "by_category": [{"category": c, "ms": ms, "share": ms / total}
-                        for c, ms in per_category.most_common()],
-        "top_ops": [{"op": op, "category": _category(op, hlo), "ms": ms, "share": ms / total}
-                    for op, ms in per_op.most_common(top)],
+        "by_category": [
+            {"category": c, "ms": ms, "share": ms / total} for c, ms in per_category.most_common()
+        ],
+        "top_ops": [
+            {"op": op, "category": _category(op, hlo), "ms": ms, "share": ms / total}
+            for op, ms in per_op.most_common(top)
+        ],
     }
 
 
@@ -448,22 +530,28 @@ def measure(name: str) -> dict[str, Any]:
     t = len(w.protocol.params)
     image_shape = w.batches[0][0].shape[1:]
     out: dict[str, Any] = {
-        "model": SETUPS[name].model, "batch_size": w.batch_size, "num_transforms": t,
-        "num_batches": len(w.batches), "input_shape": list(w.protocol.output_shape),
-        "image_shape": list(image_shape), "fast": FLAGS.fast,
+        "model": SETUPS[name].model,
+        "batch_size": w.batch_size,
+        "num_transforms": t,
+        "num_batches": len(w.batches),
+        "input_shape": list(w.protocol.output_shape),
+        "image_shape": list(image_shape),
+        "fast": FLAGS.fast,
     }
     variants = [v for v in VARIANTS if v in FLAGS.variants]
     if "torch_eager" in variants and not _torch_available():
         variants.remove("torch_eager")
         out["torch_note"] = "torch is not installed: (d) skipped"
     # The bare forward's memory per image sets the evaluator's chunk size.
-    compile_bare, bare_run = make_bare_forward(w)
+    forward = jax.jit(w.logits)
     mark = len(_EVENTS)
-    bare_memory = _memory(compile_bare())
+    bare_compiled, bare_run = make_bare_forward(w, forward)
+    bare_memory = _memory(bare_compiled)
     bare_compile = _compiles_since(mark)
     per_image = bare_memory["temp_bytes"] / w.batch_size
     chunk = FLAGS.chunk_size or evaluate.chunk_size_for_budget(
-        per_image, w.batch_size // jax.device_count(), t, FLAGS.memory_budget_mb << 20)
+        per_image, w.batch_size // jax.device_count(), t, FLAGS.memory_budget_mb << 20
+    )
     out["chunk_size"] = chunk
     ev, ev_run = make_evaluator(w, chunk)
     runners = {"evaluator": ev_run, "bare_forward": bare_run}
@@ -480,8 +568,11 @@ def measure(name: str) -> dict[str, Any]:
         compiles, compile_s = _compiles_since(mark)
         if key == "bare_forward":  # compiled above, for its memory analysis
             compiles, compile_s = compiles + bare_compile[0], compile_s + bare_compile[1]
-        compile_info[key] = {"compiles": compiles, "compile_s": compile_s,
-                             "first_call_s": time.perf_counter() - start}
+        compile_info[key] = {
+            "compiles": compiles,
+            "compile_s": compile_s,
+            "first_call_s": time.perf_counter() - start,
+        }
     compile_info["evaluator"]["compile_count"] = ev.compile_count
     mark = len(_EVENTS)
     seconds = timed_rounds(runners, FLAGS.repeats)
@@ -491,27 +582,35 @@ def measure(name: str) -> dict[str, Any]:
     out["rates"] = {k: w.work / float(np.median(s)) for k, s in seconds.items()}
     out["ratios"] = {
         f"evaluator/{k}": float(np.median(np.asarray(s) / np.asarray(seconds["evaluator"])))
-        for k, s in seconds.items() if k != "evaluator"
+        for k, s in seconds.items()
+        if k != "evaluator"
     }
-    out["memory"] = {"evaluator": _memory(ev.compiled(image_shape, w.protocol.params)),
-                     "bare_forward": bare_memory,
-                     "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10}
-    out["agreement"] = agreement(w, results, twin)
+    out["memory"] = {
+        "evaluator": _memory(ev.compiled(image_shape, w.protocol.params)),
+        "bare_forward": bare_memory,
+        "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10,
+    }
+    out["agreement"] = agreement(w, forward, results, twin)
     if FLAGS.scaling:
-        out["scaling_transforms"] = scaling_transforms(ev, w, FLAGS.scaling_base)
+        out["scaling_transforms"] = scaling_transforms(
+            ev, w, FLAGS.scaling_base, [int(f) for f in FLAGS.scaling_factors]
+        )
     if FLAGS.device_counts:
-        own = {"rate": out["rates"]["evaluator"], "chunk_size": chunk,
-               "compile_count": compile_info["evaluator"]["compile_count"],
-               "peak_bytes": out["memory"]["evaluator"]["peak_bytes"]}
-        out["scaling_devices"] = scaling_devices(
-            name, [int(n) for n in FLAGS.device_counts], own)
+        own = {
+            "rate": out["rates"]["evaluator"],
+            "chunk_size": chunk,
+            "compile_count": compile_info["evaluator"]["compile_count"],
+            "peak_bytes": out["memory"]["evaluator"]["peak_bytes"],
+        }
+        out["scaling_devices"] = scaling_devices(name, [int(n) for n in FLAGS.device_counts], own)
     if FLAGS.profile:
         out["profile"] = profile_ops(ev_run, ev.compiled(image_shape, w.protocol.params).as_text())
     return out
 
 
-def agreement(w: Workload, results: dict[str, Any], twin: Any) -> dict[str, Any]:
-    """Cross-checks: the variants' top-1 per transform, fast vs plain JAX, torch vs JAX logits."""
+def agreement(w: Workload, forward: Callable, results: dict[str, Any], twin: Any) -> dict[str, Any]:
+    """Cross-checks: the variants' top-1 per transform, fast (`forward`) vs plain JAX logits,
+    torch vs JAX logits."""
     out = {}
     labels = np.concatenate([lab for _, lab in w.batches])
     if "python_loop" in results:
@@ -519,7 +618,8 @@ def agreement(w: Workload, results: dict[str, Any], twin: Any) -> dict[str, Any]
         if "evaluator" in results:
             accuracy = np.mean(top1 == labels, axis=1)
             out["evaluator_vs_loop_accuracy_max_diff"] = float(
-                np.max(np.abs(accuracy - results["evaluator"])))
+                np.max(np.abs(accuracy - results["evaluator"]))
+            )
         if "torch_eager" in results:
             out["torch_vs_loop_top1_agreement"] = float(np.mean(results["torch_eager"] == top1))
     reference = w.protocol.params[w.protocol.reference_index]
@@ -527,15 +627,18 @@ def agreement(w: Workload, results: dict[str, Any], twin: Any) -> dict[str, Any]
     plain = np.asarray(jax.jit(w.classifier.logits)(w.classifier.variables, images))
     scale = float(np.max(np.abs(plain)))
     if FLAGS.fast:
-        fast = np.asarray(jax.jit(w.logits)(w.variables, images))
+        fast = np.asarray(forward(w.variables, images))
         out["fast_vs_plain_max_rel_diff"] = float(np.max(np.abs(fast - plain)) / scale)
         out["fast_vs_plain_top1_agreement"] = float(np.mean(fast.argmax(-1) == plain.argmax(-1)))
     if twin is not None:
         import torch
 
         with torch.inference_mode():
-            logits = twin(torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).contiguous(
-                memory_format=torch.channels_last)).numpy()
+            logits = twin(
+                torch.from_numpy(np.asarray(images))
+                .permute(0, 3, 1, 2)
+                .contiguous(memory_format=torch.channels_last)
+            ).numpy()
         out["torch_vs_plain_max_rel_diff"] = float(np.max(np.abs(logits - plain)) / scale)
     return out
 
@@ -546,59 +649,91 @@ def agreement(w: Workload, results: dict[str, Any], twin: Any) -> dict[str, Any]
 def print_tables(record: dict[str, Any]) -> None:
     """Markdown tables of one run's record."""
     for name, r in record["protocols"].items():
-        print(f"\n## {name}: {r['model']}, batch {r['batch_size']}, {r['num_transforms']} "
-              f"transforms, chunk {r['chunk_size']}, fast={r['fast']}\n")
-        rows = [{"variant": k, "images x transforms / s": round(v, 1),
-                 "median s / round": round(float(np.median(r["seconds"][k])), 3),
-                 "evaluator / variant": round(r["ratios"].get(f"evaluator/{k}", 1.0), 3)}
-                for k, v in r["rates"].items()]
+        print(
+            f"\n## {name}: {r['model']}, batch {r['batch_size']}, {r['num_transforms']} "
+            f"transforms, chunk {r['chunk_size']}, fast={r['fast']}\n"
+        )
+        rows = [
+            {
+                "variant": k,
+                "images x transforms / s": round(v, 1),
+                "median s / round": round(float(np.median(r["seconds"][k])), 3),
+                "evaluator / variant": round(r["ratios"].get(f"evaluator/{k}", 1.0), 3),
+            }
+            for k, v in r["rates"].items()
+        ]
         print(report.markdown_table(rows, list(rows[0]), 3))
         if r.get("torch_note"):
             print(f"\n{r['torch_note']}")
         c = r["compile"]
-        print(f"\ncompiles: evaluator {c['evaluator']['compile_count']} trace(s), "
-              + ", ".join(f"{k} {v['compiles']} compile(s) {v['compile_s']:.1f} s"
-                          for k, v in c.items())
-              + f"; during timed rounds: {r['compiles_during_rounds']}")
+        print(
+            f"\ncompiles: evaluator {c['evaluator']['compile_count']} trace(s), "
+            + ", ".join(
+                f"{k} {v['compiles']} compile(s) {v['compile_s']:.1f} s" for k, v in c.items()
+            )
+            + f"; during timed rounds: {r['compiles_during_rounds']}"
+        )
         mem = r["memory"]
-        print(f"XLA bytes per call: evaluator {mem['evaluator']['peak_bytes'] / 2**20:.1f} MiB, "
-              f"bare forward {mem['bare_forward']['peak_bytes'] / 2**20:.1f} MiB; "
-              f"process max RSS {mem['max_rss_bytes'] / 2**20:.0f} MiB")
+        print(
+            f"XLA bytes per call: evaluator {mem['evaluator']['peak_bytes'] / 2**20:.1f} MiB, "
+            f"bare forward {mem['bare_forward']['peak_bytes'] / 2**20:.1f} MiB; "
+            f"process max RSS {mem['max_rss_bytes'] / 2**20:.0f} MiB"
+        )
         print("agreement: " + ", ".join(f"{k} {v:.3g}" for k, v in r["agreement"].items()))
         if r.get("scaling_transforms"):
-            cols = ["factor", "num_transforms", "seconds_per_batch", "rate",
-                    "cost_per_transform_vs_x1", "compiles", "peak_bytes"]
+            cols = [
+                "factor",
+                "num_transforms",
+                "seconds_per_batch",
+                "rate",
+                "cost_per_transform_vs_x1",
+                "compiles",
+                "peak_bytes",
+            ]
             print("\n" + report.markdown_table(r["scaling_transforms"], cols, 3))
         if r.get("scaling_devices"):
-            print("\n" + report.markdown_table(r["scaling_devices"], list(
-                r["scaling_devices"][0]), 1))
+            print(
+                "\n" + report.markdown_table(r["scaling_devices"], list(r["scaling_devices"][0]), 1)
+            )
         if r.get("profile"):
             p = r["profile"]
-            print(f"\nprofile of one round: {p['wall_ms']:.0f} ms wall, {p['total_op_ms']:.0f} ms "
-                  "attributed to XLA ops (Eigen convolutions are undercounted):\n")
+            print(
+                f"\nprofile of one round: {p['wall_ms']:.0f} ms wall, {p['total_op_ms']:.0f} ms "
+                "attributed to XLA ops (Eigen convolutions are undercounted):\n"
+            )
             print(report.markdown_table(p["by_category"], ["category", "ms", "share"], 3))
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise sb_flags.FlagError(f"unexpected arguments {argv[1:]}.")
-    for flag, values, allowed in (("protocols", FLAGS.protocols, SETUPS),
-                                  ("variants", FLAGS.variants, VARIANTS)):
+    for flag, values, allowed in (
+        ("protocols", FLAGS.protocols, SETUPS),
+        ("variants", FLAGS.variants, VARIANTS),
+    ):
         bad = [v for v in values if v not in allowed]
         if bad or not values:
             raise sb_flags.FlagError(f"--{flag}={','.join(values)}: choose from {list(allowed)}.")
     if "evaluator" not in FLAGS.variants:
         raise sb_flags.FlagError("--variants must include 'evaluator' (the ratios' numerator).")
+    for flag in ("scaling_factors", "device_counts"):
+        values = getattr(FLAGS, flag)
+        if not all(v.isdigit() and int(v) > 0 for v in values):
+            raise sb_flags.FlagError(f"--{flag}={','.join(values)}: positive integers expected.")
     if FLAGS.xla_tuning:
         fastpath.configure_xla_cpu()  # before the first device query starts the backend
     if FLAGS.torch_passive_wait:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP
     jax.monitoring.register_event_duration_secs_listener(_listen)
     load_start = os.getloadavg()
-    record = {"config": sb_flags.flag_values(), "versions": report.versions(),
-              "cpu_count": os.cpu_count(), "device_count": jax.device_count(),
-              "env": {k: os.environ.get(k) for k in ("XLA_FLAGS", "OMP_WAIT_POLICY")},
-              "protocols": {}}
+    record = {
+        "config": sb_flags.flag_values(),
+        "versions": report.versions(),
+        "cpu_count": os.cpu_count(),
+        "device_count": jax.device_count(),
+        "env": {k: os.environ.get(k) for k in ("XLA_FLAGS", "OMP_WAIT_POLICY")},
+        "protocols": {},
+    }
     if _torch_available():
         import torch
 
@@ -611,8 +746,10 @@ def main(argv: list[str]) -> None:
     if report.is_writer():
         report.write_json(os.path.join(FLAGS.output_dir, "throughput.json"), record)
     print_tables(record)
-    print(f"\nload average (1, 5, 15 min) at start {load_start}, at end {os.getloadavg()}; "
-          f"{os.cpu_count()} CPUs")
+    print(
+        f"\nload average (1, 5, 15 min) at start {load_start}, at end {os.getloadavg()}; "
+        f"{os.cpu_count()} CPUs"
+    )
 
 
 if __name__ == "__main__":

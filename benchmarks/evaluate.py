@@ -1,8 +1,8 @@
 """The evaluator: any classifier, any batch iterator, one transformation sweep.
 
 For each batch, one jitted call transforms every image by every parameter of the sweep
-(vmap over images and over a chunk of parameters, `lax.map` over chunks, so memory is bounded
-by `chunk_size`), runs the classifier, and reduces the probabilities `[T, N, K]` to per-image
+(vmap over images and over a chunk of parameters, `lax.map` over chunks and, optionally, over
+groups of `images_per_call` images, so memory is bounded by both), runs the classifier, and reduces the probabilities `[T, N, K]` to per-image
 metrics with `benchmarks.metrics`, then to masked sums over the batch. The host only adds up
 small sums, so the same code runs on one CPU, one GPU, a TPU slice (batch axis sharded over a
 `Mesh` of all devices) and a multi-host pod (each host feeds its slice of every global batch).
@@ -53,7 +53,11 @@ class EvalConfig:
     """Static settings of one evaluation.
 
     Attributes:
-      chunk_size: sweep parameters per model call (memory ~ chunk_size x batch images).
+      chunk_size: sweep parameters per model call (memory ~ chunk_size x images_per_call).
+      images_per_call: images per model call (default: the whole batch); a divisor of the
+        batch size and a multiple of the number of devices. Smaller calls bound memory when
+        one parameter of the whole batch does not fit, and can run faster on CPU (activations
+        that stay in cache).
       flip_distance: d of the ImageNet-P flip probability / top-5 distance (frames k, k+d);
         `p_top1_change` always uses d = 1 (Azulay).
       num_pairs: seeded random pairs of sweep entries per image for Zhang consistency.
@@ -63,6 +67,7 @@ class EvalConfig:
     """
 
     chunk_size: int = 8
+    images_per_call: int | None = None
     flip_distance: int = 1
     num_pairs: int = 1
     worst_of_k: int = 10
@@ -75,6 +80,8 @@ class EvalConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
         if self.num_curves < 0:
             raise ValueError(f"num_curves={self.num_curves} must be >= 0.")
+        if self.images_per_call is not None and self.images_per_call < 1:
+            raise ValueError(f"images_per_call={self.images_per_call} must be >= 1.")
 
 
 @dataclasses.dataclass
@@ -108,24 +115,33 @@ class EvalResult:
     wall_time_s: float
 
 
-def chunk_size_for_budget(
-    bytes_per_image: float, images_per_device: int, num_params: int, budget_bytes: int
-) -> int:
-    """The `EvalConfig.chunk_size` whose model calls fit `budget_bytes` of activations.
+def call_sizes_for_budget(
+    bytes_per_image: float, batch_size: int, num_devices: int, num_params: int, budget_bytes: int
+) -> tuple[int, int]:
+    """The `EvalConfig` (chunk_size, images_per_call) whose model calls fit `budget_bytes`.
 
     Args:
       bytes_per_image: the model's temporary bytes per image (e.g. XLA's
         `memory_analysis().temp_size_in_bytes` of a forward pass / its batch size).
-      images_per_device: batch_size / number of devices.
+      batch_size: global images per batch (a multiple of `num_devices`).
+      num_devices: devices the batch is sharded over.
       num_params: sweep length T.
-      budget_bytes: bytes one call may use on one device.
+      budget_bytes: activation bytes one call may use on one device.
 
     Returns:
-      The largest chunk in [1, T] with chunk * images_per_device * bytes_per_image <=
-      budget_bytes (1 if even one parameter exceeds it).
+      If one parameter of the whole batch fits: (the largest chunk in [1, T] with
+      chunk * batch_size / num_devices * bytes_per_image <= budget_bytes, batch_size).
+      Otherwise (1, the largest images_per_call that divides batch_size, is a multiple of
+      num_devices and fits; num_devices if none does).
     """
-    per_param = max(bytes_per_image * images_per_device, 1.0)
-    return int(min(max(budget_bytes // per_param, 1), num_params))
+    per_device = batch_size // num_devices
+    if bytes_per_image <= 0:  # a model without temporaries: everything fits
+        return num_params, batch_size
+    fits = int(budget_bytes // bytes_per_image)  # images per device one call may hold
+    if fits >= per_device:
+        return int(min(fits // per_device, num_params)), batch_size
+    divisors = [k for k in range(1, per_device + 1) if per_device % k == 0 and k <= fits]
+    return 1, num_devices * max(divisors, default=1)
 
 
 def _neighbour_changes(probs: Array) -> Array:
@@ -169,6 +185,12 @@ class Evaluator:
                 f"batch_size={batch_size} must be a positive multiple of the number of "
                 f"devices ({ndev})."
             )
+        m = config.images_per_call
+        if m is not None and (batch_size % m or m % ndev):
+            raise ValueError(
+                f"images_per_call={m} must divide batch_size={batch_size} and be a multiple "
+                f"of the number of devices ({ndev})."
+            )
         self.batch_size = batch_size
         self.config = config
         self.compile_count = 0
@@ -193,14 +215,22 @@ class Evaluator:
         c = self.config.chunk_size
         chunks = params.reshape(-1, c, params.shape[-1])  # [T_pad / c, c, P]
         per_image = jax.vmap(self._transform, in_axes=(None, 0))  # one image, c params
+        m = self.config.images_per_call or images.shape[0]
+        groups = images.shape[0] // m
+
+        def logits_of(x):  # [n, c, h, w, C] -> [n, c, K]; B-major: shards stay local
+            n = x.shape[0]
+            return self._apply(variables, x.reshape(n * c, *x.shape[2:])).reshape(n, c, -1)
 
         def one_chunk(chunk):
             x = jax.vmap(per_image, in_axes=(0, None))(images, chunk)  # [B, c, h, w, C]
-            b = x.shape[0]
-            logits = self._apply(
-                variables, x.reshape(b * c, *x.shape[2:])
-            )  # B-major: shards stay local
-            logits = logits.reshape(b, c, -1).astype(jnp.float32)
+            if groups == 1:
+                logits = logits_of(x)
+            else:  # group g holds images g, g + groups, ...: each device keeps its own rows
+                x = jnp.swapaxes(x.reshape(m, groups, *x.shape[1:]), 0, 1)  # [groups, m, ...]
+                logits = jax.lax.map(logits_of, x)  # [groups, m, c, K]
+                logits = jnp.swapaxes(logits, 0, 1).reshape(-1, *logits.shape[2:])
+            logits = logits.astype(jnp.float32)
             finite = jnp.all(jnp.isfinite(logits), axis=(1, 2))
             return jnp.swapaxes(jax.nn.softmax(logits, axis=-1), 0, 1), finite
 

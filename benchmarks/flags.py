@@ -99,10 +99,17 @@ def define_protocol_flags() -> None:
 
 
 def define_eval_flags(default_output_dir: str = "runs/invariance") -> None:
-    """--seed, --chunk_size, --num_pairs, --worst_of_k, --flip_distance, --output_dir, --multihost."""
+    """--seed, --chunk_size, --images_per_call, --num_pairs, --worst_of_k, --flip_distance,
+    --output_dir, --multihost."""
     flags.DEFINE_integer("seed", 0, "Seed of per-image random draws and of training.")
     flags.DEFINE_integer(
         "chunk_size", 8, "Sweep parameters per model call (bounds memory).", lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "images_per_call",
+        None,
+        "Images per model call (default: the whole batch); divides --batch_size.",
+        lower_bound=1,
     )
     flags.DEFINE_integer(
         "num_pairs", 4, "Random shift pairs per image for consistency.", lower_bound=1
@@ -170,13 +177,20 @@ def classifier_from_flags(num_classes: int, input_shape: tuple[int, int, int]):
 
 
 def check_batch_size(batch_size: int) -> None:
-    """--batch_size must split evenly over the devices (and hosts)."""
+    """--batch_size must split evenly over the devices (and hosts), and --images_per_call (when
+    defined and set) must divide it and be a multiple of the device count."""
     import jax
 
-    if batch_size % jax.device_count():
+    n = jax.device_count()
+    if batch_size % n:
         raise FlagError(
-            f"--batch_size={batch_size} is not divisible by the number of devices "
-            f"({jax.device_count()})."
+            f"--batch_size={batch_size} is not divisible by the number of devices ({n})."
+        )
+    per_call = FLAGS["images_per_call"].value if "images_per_call" in FLAGS else None
+    if per_call is not None and (batch_size % per_call or per_call % n):
+        raise FlagError(
+            f"--images_per_call={per_call} must divide --batch_size={batch_size} and be a "
+            f"multiple of the number of devices ({n})."
         )
 
 
@@ -198,6 +212,7 @@ def eval_config_from_flags():
 
     return evaluate.EvalConfig(
         chunk_size=FLAGS.chunk_size,
+        images_per_call=FLAGS.images_per_call,
         flip_distance=FLAGS.flip_distance,
         num_pairs=FLAGS.num_pairs,
         worst_of_k=FLAGS.worst_of_k,

@@ -26,8 +26,8 @@ shared machine hits every variant alike):
 
 (a), (b) and (c) run the same JAX classifier: with --fast (default) the inference rewrites of
 `benchmarks.fastpath` (BatchNorm folded, 1x1 convs as dots), with --xla_tuning (default) under
-`fastpath.XLA_CPU_FLAGS`. The evaluator's chunk size comes from --memory_budget_mb and XLA's
-temporary bytes per image of the bare forward. torch runs with OMP_WAIT_POLICY=PASSIVE
+`fastpath.XLA_CPU_FLAGS`. The evaluator's chunk size and images per call come from
+--memory_budget_mb and XLA's temporary bytes per image of the bare forward. torch runs with OMP_WAIT_POLICY=PASSIVE
 (--torch_passive_wait): libgomp's spin-waiting workers keep burning the cores after each torch
 call, which slows the JAX variants of the same process (by ~8% with libgomp's default policy,
 1.8x with ACTIVE, ResNet-20 on 2 idle cores) and halves torch's own throughput when other
@@ -117,9 +117,16 @@ flags.DEFINE_integer(
     "chunk_size", None, "Evaluator chunk size (default: from --memory_budget_mb).", lower_bound=1
 )
 flags.DEFINE_integer(
+    "images_per_call",
+    None,
+    "Images per evaluator model call (default: from --memory_budget_mb).",
+    lower_bound=1,
+)
+flags.DEFINE_integer(
     "memory_budget_mb",
-    64,
-    "Activation bytes one evaluator call may use per device; sets the chunk size.",
+    32,
+    "Activation bytes one evaluator call may use per device; sets the chunk size and the "
+    "images per call.",
     lower_bound=1,
 )
 flags.DEFINE_bool("fast", True, "Apply benchmarks.fastpath rewrites to the JAX classifier.")
@@ -269,13 +276,15 @@ def build_workload(name: str) -> Workload:
 # --- the variants: each a zero-argument callable that evaluates every batch and blocks --------
 
 
-def make_evaluator(w: Workload, chunk_size: int) -> tuple[evaluate.Evaluator, Callable[[], Any]]:
+def make_evaluator(
+    w: Workload, chunk_size: int, images_per_call: int
+) -> tuple[evaluate.Evaluator, Callable[[], Any]]:
     """(a): the evaluator and a runner returning its accuracy per parameter [T]."""
     ev = evaluate.Evaluator(
         w.logits,
         w.protocol.transform,
         w.batch_size,
-        evaluate.EvalConfig(chunk_size=chunk_size),
+        evaluate.EvalConfig(chunk_size=chunk_size, images_per_call=images_per_call),
         w.variables,
     )
 
@@ -430,6 +439,7 @@ def scaling_devices(name: str, counts: list[int], own: dict[str, Any]) -> list[d
                 "crop_size",
                 "max_shift",
                 "chunk_size",
+                "images_per_call",
                 "memory_budget_mb",
                 "fast",
                 "xla_tuning",
@@ -457,6 +467,7 @@ def _device_row(result: dict[str, Any]) -> dict[str, Any]:
     return {
         "rate": result["rates"]["evaluator"],
         "chunk_size": result["chunk_size"],
+        "images_per_call": result["images_per_call"],
         "compile_count": result["compile"]["evaluator"]["compile_count"],
         "peak_bytes": result["memory"]["evaluator"]["peak_bytes"],
     }
@@ -542,18 +553,19 @@ def measure(name: str) -> dict[str, Any]:
     if "torch_eager" in variants and not _torch_available():
         variants.remove("torch_eager")
         out["torch_note"] = "torch is not installed: (d) skipped"
-    # The bare forward's memory per image sets the evaluator's chunk size.
+    # The bare forward's memory per image sets the evaluator's call sizes.
     forward = jax.jit(w.logits)
     mark = len(_EVENTS)
     bare_compiled, bare_run = make_bare_forward(w, forward)
     bare_memory = _memory(bare_compiled)
     bare_compile = _compiles_since(mark)
     per_image = bare_memory["temp_bytes"] / w.batch_size
-    chunk = FLAGS.chunk_size or evaluate.chunk_size_for_budget(
-        per_image, w.batch_size // jax.device_count(), t, FLAGS.memory_budget_mb << 20
+    chunk, images_per_call = evaluate.call_sizes_for_budget(
+        per_image, w.batch_size, jax.device_count(), t, FLAGS.memory_budget_mb << 20
     )
-    out["chunk_size"] = chunk
-    ev, ev_run = make_evaluator(w, chunk)
+    out["chunk_size"] = chunk = FLAGS.chunk_size or chunk
+    out["images_per_call"] = images_per_call = FLAGS.images_per_call or images_per_call
+    ev, ev_run = make_evaluator(w, chunk, images_per_call)
     runners = {"evaluator": ev_run, "bare_forward": bare_run}
     if "python_loop" in variants:
         runners["python_loop"] = make_python_loop(w)
@@ -596,13 +608,9 @@ def measure(name: str) -> dict[str, Any]:
             ev, w, FLAGS.scaling_base, [int(f) for f in FLAGS.scaling_factors]
         )
     if FLAGS.device_counts:
-        own = {
-            "rate": out["rates"]["evaluator"],
-            "chunk_size": chunk,
-            "compile_count": compile_info["evaluator"]["compile_count"],
-            "peak_bytes": out["memory"]["evaluator"]["peak_bytes"],
-        }
-        out["scaling_devices"] = scaling_devices(name, [int(n) for n in FLAGS.device_counts], own)
+        out["scaling_devices"] = scaling_devices(
+            name, [int(n) for n in FLAGS.device_counts], _device_row(out)
+        )
     if FLAGS.profile:
         out["profile"] = profile_ops(ev_run, ev.compiled(image_shape, w.protocol.params).as_text())
     return out
@@ -635,7 +643,7 @@ def agreement(w: Workload, forward: Callable, results: dict[str, Any], twin: Any
 
         with torch.inference_mode():
             logits = twin(
-                torch.from_numpy(np.asarray(images))
+                torch.from_numpy(np.array(images))  # a writable copy
                 .permute(0, 3, 1, 2)
                 .contiguous(memory_format=torch.channels_last)
             ).numpy()
@@ -651,7 +659,8 @@ def print_tables(record: dict[str, Any]) -> None:
     for name, r in record["protocols"].items():
         print(
             f"\n## {name}: {r['model']}, batch {r['batch_size']}, {r['num_transforms']} "
-            f"transforms, chunk {r['chunk_size']}, fast={r['fast']}\n"
+            f"transforms, chunk {r['chunk_size']} x {r['images_per_call']} images per call, "
+            f"fast={r['fast']}\n"
         )
         rows = [
             {

@@ -120,14 +120,21 @@ def test_one_compile_for_any_batches_and_parameter_values():
     assert ev.compile_count == 1
 
 
-@pytest.mark.parametrize("chunk_size", [1, 3, 5, 8])
-def test_results_do_not_depend_on_chunk_size(chunk_size):
+@pytest.mark.parametrize(
+    "chunk_size, images_per_call",
+    [(1, None), (3, None), (5, None), (8, None), (2, 4), (3, 2), (1, 1)],
+)
+def test_results_do_not_depend_on_call_sizes(chunk_size, images_per_call):
     images, labels = _data()
     w = _weights()
     _, base = _run(images, labels, w, cfg=evaluate.EvalConfig(chunk_size=2))
-    _, res = _run(images, labels, w, cfg=evaluate.EvalConfig(chunk_size=chunk_size))
+    cfg = evaluate.EvalConfig(chunk_size=chunk_size, images_per_call=images_per_call)
+    _, res = _run(images, labels, w, cfg=cfg)
     for name, value in base.metrics.items():
         np.testing.assert_allclose(res.metrics[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    # Per-image outputs keep the images' order (the first images' curves).
+    np.testing.assert_allclose(res.curves, base.curves, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.accuracy_per_param, base.accuracy_per_param, atol=1e-6)
 
 
 def test_results_do_not_depend_on_batch_size():
@@ -149,6 +156,12 @@ def test_nan_logits_raise_naming_the_batch():
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="chunk_size"):
         evaluate.EvalConfig(chunk_size=0)
+    with pytest.raises(ValueError, match="images_per_call"):
+        evaluate.EvalConfig(images_per_call=0)
+    with pytest.raises(ValueError, match="images_per_call=3 must divide batch_size=8"):
+        evaluate.Evaluator(
+            _apply, PROTO.transform, 8, evaluate.EvalConfig(images_per_call=3), _weights()
+        )
     images, labels = _data()
     ev = evaluate.Evaluator(_apply, PROTO.transform, 8, variables=_weights())
     with pytest.raises(ValueError, match="reference_index"):
@@ -205,12 +218,16 @@ from benchmarks import evaluate
 assert jax.device_count() == 8, jax.devices()
 images, labels = t._data(n=37)
 _, res = t._run(images, labels, t._weights(), batch_size=16)
+# Two model calls of 8 images (one per device) per chunk give the same numbers.
+cfg = evaluate.EvalConfig(chunk_size=2, images_per_call=8)
+_, grouped = t._run(images, labels, t._weights(), batch_size=16, cfg=cfg)
 try:
     evaluate.Evaluator(t._apply, t.PROTO.transform, 12)
     bad = "no error"
 except ValueError as e:
     bad = str(e)
-print(json.dumps({"metrics": res.metrics, "acc": res.accuracy_per_param.tolist(), "bad": bad}))
+print(json.dumps({"metrics": res.metrics, "grouped": grouped.metrics,
+                  "acc": res.accuracy_per_param.tolist(), "bad": bad}))
 """
 
 
@@ -231,5 +248,6 @@ def test_eight_simulated_devices_give_the_same_numbers():
     _, res = _run(images, labels, _weights(), batch_size=16)
     for name, value in res.metrics.items():
         np.testing.assert_allclose(got["metrics"][name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(got["grouped"][name], value, rtol=1e-5, atol=1e-6, err_msg=name)
     np.testing.assert_allclose(got["acc"], res.accuracy_per_param, atol=1e-6)
     assert "batch_size=12" in got["bad"] and "(8)" in got["bad"]

@@ -61,6 +61,7 @@ def test_writes_json_csv_and_plots(tmp_path):
         ("--crop_size=40", "--crop_size"),
         ("--model=resnet9000", "--model"),
         ("--stride_mode=sideways", "--stride_mode"),
+        ("--images_per_call=3", "--images_per_call=3"),
     ],
 )
 def test_bad_flags_fail_with_one_clear_line(flag, expected, tmp_path):

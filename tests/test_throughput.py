@@ -194,16 +194,20 @@ def test_evaluator_compiles_once_with_the_fast_path():
 
 
 @pytest.mark.parametrize(
-    "per_image, images, num_params, budget, expected",
+    "per_image, batch, devices, num_params, budget, expected",
     [
-        (1000, 10, 81, 100_000, 10),  # 10 parameters of 10 images x 1000 bytes fit
-        (1000, 10, 4, 100_000, 4),  # never more than the sweep
-        (1000, 10, 81, 5_000, 1),  # one parameter already exceeds: 1
-        (0, 10, 9, 1, 1),  # a model without temporaries: a byte per call
+        (1000, 10, 1, 81, 100_000, (10, 10)),  # 10 parameters of 10 images x 1000 bytes fit
+        (1000, 10, 1, 4, 100_000, (4, 10)),  # never more than the sweep
+        (1000, 80, 8, 81, 100_000, (10, 80)),  # the budget is per device: 10 images each
+        (1000, 12, 1, 81, 7_000, (1, 6)),  # one parameter exceeds: the largest divisor <= 7
+        (1000, 24, 2, 81, 7_000, (1, 12)),  # 6 images per device, 2 devices
+        (1000, 10, 1, 81, 500, (1, 1)),  # not even one image fits: one image per device
+        (0, 10, 1, 9, 1, (9, 10)),  # a model without temporaries: everything fits
     ],
 )
-def test_chunk_size_for_budget(per_image, images, num_params, budget, expected):
-    assert evaluate.chunk_size_for_budget(per_image, images, num_params, budget) == expected
+def test_call_sizes_for_budget(per_image, batch, devices, num_params, budget, expected):
+    sizes = evaluate.call_sizes_for_budget(per_image, batch, devices, num_params, budget)
+    assert sizes == expected
 
 
 # --- the torch twins (optional) --------------------------------------------------------------

@@ -7,10 +7,13 @@ dataset on disk) raise `FlagError`, which `run_main` prints as one line before e
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from collections.abc import Callable
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from benchmarks import protocols
 from models.subsampling import PADDING_MODES, STRIDE_MODES
@@ -245,9 +248,19 @@ def protocol_from_flags(image_shape: tuple[int, ...]) -> protocols.Protocol:
     )
 
 
+def _not_library_chatter(record: logging.LogRecord) -> bool:
+    """False for orbax's INFO records (~20 lines per checkpoint save), which drown progress."""
+    return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
 def run_main(main: Callable[[list[str]], None]) -> None:
-    """`app.run(main)`, printing a FlagError / DataError / ProtocolError as one line, exit 2."""
+    """`app.run(main)`, printing a FlagError / DataError / ProtocolError as one line, exit 2.
+
+    orbax's INFO logs are dropped (its warnings and errors stay), so that progress shows.
+    """
     from benchmarks.data import DataError
+
+    absl_logging.get_absl_handler().addFilter(_not_library_chatter)
 
     def guarded(argv):
         try:

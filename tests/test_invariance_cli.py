@@ -16,7 +16,7 @@ def _run(*args, timeout=600):
 
 def test_writes_json_csv_and_plots(tmp_path):
     out = tmp_path / "run"
-    res = _run(
+    args = (
         "--model=allconv",
         "--dataset=digits",
         "--split=test[:40]",
@@ -25,6 +25,7 @@ def test_writes_json_csv_and_plots(tmp_path):
         "--max_shift=2",
         f"--output_dir={out}",
     )
+    res = _run(*args)
     assert res.returncode == 0, res.stderr[-3000:]
     record = json.loads((out / "results.json").read_text())
     assert set(record) >= {"config", "metrics", "versions", "wall_time_s"}
@@ -38,15 +39,7 @@ def test_writes_json_csv_and_plots(tmp_path):
     for png in ("sweep.png", "curves.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     # Running again finds the finished evaluation and returns the same numbers.
-    again = _run(
-        "--model=allconv",
-        "--dataset=digits",
-        "--split=test[:40]",
-        "--batch_size=16",
-        "--transform=circular",
-        "--max_shift=2",
-        f"--output_dir={out}",
-    )
+    again = _run(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((out / "results.json").read_text())["metrics"] == record["metrics"]
 

@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from models import registry
 
@@ -35,6 +36,37 @@ class Classifier:
     def logits(self, variables: Any, images: jax.Array) -> jax.Array:
         """`apply_fn(variables, images [N, H, W, C] in [0, 1]) -> logits [N, K]` for the evaluator."""
         return self.model.apply(variables, images, train=False)[0]
+
+
+def random_variables(model: nn.Module, input_shape: tuple[int, int, int], seed: int = 0) -> dict:
+    """Seeded variables of `model` for images [H, W, C] = `input_shape`, drawn in numpy.
+
+    Unlike `model.init`, nothing is compiled (only shapes are traced). Kernels He-normal
+    (std sqrt(2 / fan_in)), BatchNorm scales U(0.5, 1.5) and variances U(0.5, 2), biases and
+    BatchNorm means N(0, 0.2): every statistic differs from its identity value, so that a
+    rewrite which mixes them up (BatchNorm folding, a weight port) shows in the logits.
+
+    Returns:
+      The variables tree of `model.init(key, x, train=False)`, float32 numpy leaves.
+    """
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape)), train=False)
+    )
+    rng = np.random.default_rng(seed)
+
+    def draw(path: tuple, leaf: jax.ShapeDtypeStruct) -> np.ndarray:
+        name, shape = path[-1].key, leaf.shape
+        if name == "kernel":
+            value = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:-1])), shape)
+        elif name == "scale":
+            value = rng.uniform(0.5, 1.5, shape)
+        elif name == "var":
+            value = rng.uniform(0.5, 2.0, shape)
+        else:  # bias, mean
+            value = rng.normal(0.0, 0.2, shape)
+        return value.astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def build_model(name: str, num_classes: int, **switch: Any) -> nn.Module:

@@ -2,10 +2,11 @@
 
 For each batch, one jitted call transforms every image by every parameter of the sweep
 (vmap over images and over a chunk of parameters, `lax.map` over chunks and, optionally, over
-groups of `images_per_call` images, so memory is bounded by both), runs the classifier, and reduces the probabilities `[T, N, K]` to per-image
-metrics with `benchmarks.metrics`, then to masked sums over the batch. The host only adds up
-small sums, so the same code runs on one CPU, one GPU, a TPU slice (batch axis sharded over a
-`Mesh` of all devices) and a multi-host pod (each host feeds its slice of every global batch).
+groups of `images_per_call` images, so memory is bounded by both), runs the classifier, and
+reduces the probabilities `[T, N, K]` to per-image metrics with `benchmarks.metrics`, then to
+masked sums over the batch. The host only adds up small sums, so the same code runs on one
+CPU, one GPU, a TPU slice (batch axis sharded over a `Mesh` of all devices) and a multi-host
+pod (each host feeds its slice of every global batch).
 
 The jitted function takes the sweep parameters, the batch and the model variables as
 arguments: a new batch, a new sweep of the same shape, or new weights never recompile.

@@ -206,28 +206,6 @@ def crop_corners(params: np.ndarray, max_shift: int, slack: int) -> np.ndarray:
     return (base - np.round(params)).astype(np.int64)
 
 
-def random_variables(model: Any, input_shape: tuple[int, int, int], seed: int) -> dict:
-    """Seeded variables for `model` drawn in numpy (no XLA compile, unlike `model.init`):
-    kernels He-normal, biases and BatchNorm means N(0, 0.1), BatchNorm scales U(0.5, 1.5) and
-    variances U(0.5, 2), so that a BatchNorm fold that mixes them up shows in the logits."""
-    shapes = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), np.zeros((1, *input_shape), np.float32))
-    )
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        name, shape = path[-1].key, leaf.shape
-        if name == "kernel":
-            return rng.normal(0, np.sqrt(2 / np.prod(shape[:-1])), shape).astype(np.float32)
-        if name == "scale":
-            return rng.uniform(0.5, 1.5, shape).astype(np.float32)
-        if name == "var":
-            return rng.uniform(0.5, 2.0, shape).astype(np.float32)
-        return rng.normal(0, 0.1, shape).astype(np.float32)  # bias, mean
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 def build_workload(name: str) -> Workload:
     """The protocol `name` at the flag-given sizes, with seeded weights, images and labels."""
     setup = SETUPS[name]
@@ -254,7 +232,7 @@ def build_workload(name: str) -> Workload:
         )
     model = classifiers.build_model(setup.model, setup.num_classes)
     classifier = classifiers.Classifier(
-        model, random_variables(model, (crop, crop, 3), FLAGS.seed), "random (numpy)"
+        model, classifiers.random_variables(model, (crop, crop, 3), FLAGS.seed), "random (numpy)"
     )
     if FLAGS.fast:
         logits, variables = fastpath.prepare(

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import classifiers
 from models import keras_weights, registry
 from models.preprocessing import keras_preprocess
 
@@ -128,24 +129,7 @@ def _random_variables(name: str) -> dict:
     Only VGG16's (fully connected head) depend on the input size.
     """
     size = CASES[name][2]
-    template = jax.eval_shape(
-        registry.build(name).init,
-        jax.random.key(SEED),
-        jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
-    )
-    rng = np.random.default_rng(SEED)
-
-    def fill(path, leaf):
-        kind = path[-1].key
-        if kind == "kernel":
-            value = rng.normal(size=leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
-        elif kind in ("scale", "var"):
-            value = rng.uniform(0.5, 1.5, leaf.shape)
-        else:  # bias, mean
-            value = rng.normal(0.0, 0.2, leaf.shape)
-        return jnp.asarray(value, jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, template)
+    return classifiers.random_variables(registry.build(name), (size, size, 3), SEED)
 
 
 @functools.cache

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import classifiers
 from models import registry, small
 
 WIDTH = 4
@@ -32,28 +33,11 @@ def _images(n=2, size=32, channels=3, seed=0):
     return jax.random.uniform(jax.random.key(seed), (n, size, size, channels))
 
 
-def _random_leaf(path, leaf, rng):
-    """He-normal kernels, small biases, BN scales/variances near 1, means near 0 (numpy)."""
-    name = path[-1].key
-    if name == "kernel":
-        return rng.normal(0.0, np.sqrt(2.0 / np.prod(leaf.shape[:-1])), leaf.shape)
-    if name in ("scale", "var"):
-        return rng.uniform(0.5, 1.5, leaf.shape)
-    return rng.normal(0.0, 0.1, leaf.shape)
-
-
 @functools.lru_cache(maxsize=None)
 def _variables(family, padding, head="gap", channels=3):
     """Random variables (params and BN statistics) of a model, drawn with numpy: no compile."""
-    shapes = jax.eval_shape(
-        _build(family, padding=padding, head=head).init,
-        jax.random.key(0),
-        _images(channels=channels),
-    )
-    rng = np.random.default_rng(0)
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jnp.asarray(_random_leaf(path, leaf, rng), jnp.float32), shapes
-    )
+    model = _build(family, padding=padding, head=head)
+    return classifiers.random_variables(model, (32, 32, channels))
 
 
 def _shapes(tree):

@@ -2,7 +2,6 @@
 torch twins (benchmarks/torch_reference.py, skipped without torch) and the evaluator's
 one-compile and chunk-budget contracts. No timed assertions: the benchmark prints the figures."""
 
-import functools
 import json
 
 import flax.linen as nn
@@ -12,35 +11,13 @@ import numpy as np
 import pytest
 from cli import fails_with_one_line, run_module
 
-from benchmarks import evaluate, fastpath, protocols
+from benchmarks import classifiers, evaluate, fastpath, protocols
 from models import registry, small, subsampling
-
-
-def _random_variables(model, size, seed=0):
-    """Variables of `model` for [size, size, 3] images drawn in numpy (fast: no XLA compile):
-    He-normal kernels, and BatchNorm statistics, scales and every bias drawn at random, so
-    that a fold that mixes them up (or ignores one) changes the logits."""
-    shapes = jax.eval_shape(
-        functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros((1, size, size, 3))
-    )
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            return rng.normal(0, np.sqrt(2 / np.prod(leaf.shape[:-1])), leaf.shape)
-        if name == "var":
-            return rng.uniform(0.5, 2.0, leaf.shape)
-        if name == "scale":
-            return rng.uniform(0.5, 1.5, leaf.shape)
-        return rng.normal(0.0, 0.2, leaf.shape)  # mean, bias
-
-    return jax.tree_util.tree_map_with_path(lambda p, l: draw(p, l).astype(np.float32), shapes)
 
 
 def _model(name, size):
     model = registry.build(name, **({} if name == "resnet50" else {"num_classes": 10}))
-    return model, _random_variables(model, size)
+    return model, classifiers.random_variables(model, (size, size, 3))
 
 
 def _images(n, size, seed=1):
@@ -84,7 +61,7 @@ def test_conv1x1_as_dot_matches_numpy():
 
     x = _images(2, 7)
     net = Net()
-    variables = _random_variables(net, 7)
+    variables = classifiers.random_variables(net, (7, 7, 3))
     p = variables["params"]["Conv_0"]
     expected = np.einsum("nhwc,co->nhwo", np.asarray(x)[:, ::2, ::2], p["kernel"][0, 0])
     expected = expected + np.asarray(p["bias"])
@@ -235,7 +212,7 @@ def test_torch_twin_rejects_models_without_one():
     from benchmarks import torch_reference
 
     for model in (small.vgg_small(), small.resnet20(stride_mode="blur")):
-        variables = _random_variables(model, 16)
+        variables = classifiers.random_variables(model, (16, 16, 3))
         with pytest.raises(ValueError, match="model"):
             torch_reference.from_flax(model, variables)
 

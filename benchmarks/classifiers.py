@@ -1,8 +1,10 @@
 """A classifier for the evaluator: a registry model with its variables.
 
 Variables come from a training checkpoint (`--checkpoint`, a directory written by
-`benchmarks.train`), from Keras HDF5 weights (`--weights`, the paper's ImageNet models), or
-from a seeded random initialisation (a smoke test of the pipeline, never a result: the run's
+`benchmarks.train`), from `--weights` (Keras HDF5 files for the paper's ImageNet models,
+`models.keras_weights`; `torch.save` files for the models of `models.torch_weights.CONVERTERS`,
+e.g. the pretrained CIFAR ResNets resnet20..56, read without torch), or from a seeded random
+initialisation (a smoke test of the pipeline, never a result: the run's
 config records which).
 """
 
@@ -26,7 +28,8 @@ class Classifier:
     Attributes:
       model: flax module, `model.apply(variables, x, train=False) -> (logits, features)`.
       variables: its variables.
-      source: where the variables came from ('checkpoint:DIR', 'keras:PATH', 'random-init').
+      source: where the variables came from ('checkpoint:DIR', 'keras:PATH', 'torch:PATH',
+        'random-init').
     """
 
     model: nn.Module
@@ -83,6 +86,30 @@ def build_model(name: str, num_classes: int, **switch: Any) -> nn.Module:
     return registry.build(name, num_classes=num_classes, **fields)
 
 
+def _torch_fields(name: str, num_classes: int, weights: str, switch: dict) -> dict:
+    """The model fields torch weights `weights` fix for `name`, checked against the request.
+
+    Raises:
+      ValueError: the dataset's num_classes or a given switch/width field differs from what the
+        weights need.
+    """
+    from models import torch_weights
+
+    fields = torch_weights.model_fields(name, weights)
+    if fields.get("num_classes", num_classes) != num_classes:
+        raise ValueError(
+            f"--weights={weights} has {fields['num_classes']} classes; the dataset has "
+            f"{num_classes}."
+        )
+    for field, value in switch.items():
+        if value is not None and field in fields and value != fields[field]:
+            raise ValueError(
+                f"--{field}={value} does not fit --weights={weights}, which needs "
+                f"{field}={fields[field]!r}."
+            )
+    return {k: v for k, v in fields.items() if k != "num_classes"}
+
+
 def load(
     name: str,
     num_classes: int,
@@ -100,15 +127,34 @@ def load(
       num_classes: classes of the dataset.
       input_shape: (H, W, C) of the images the model will see.
       checkpoint: training directory of `benchmarks.train` (latest checkpoint).
-      weights: Keras HDF5 weights ('imagenet' or a path) for the Keras models.
+      weights: Keras HDF5 weights ('imagenet' or a path) for the Keras models, or the path of
+        a `torch.save` file for the models of `models.torch_weights.CONVERTERS` (the model is
+        then built with the fields the weights need, `torch_weights.model_fields`: e.g. the
+        ImageNet mean/std normalisation of the CIFAR ResNets); every switch setting gets the
+        same variables.
       seed: seed of the random initialisation when neither is given.
       **switch: stride_mode, blur_size, full_stages, padding (None = the model's default).
 
     Returns:
       A `Classifier`.
     """
+    from models.keras_weights import IMAGENET_FILES
+    from models.torch_weights import CONVERTERS
+
     if checkpoint and weights:
         raise ValueError("give --checkpoint or --weights, not both.")
+    if weights and name in CONVERTERS:
+        from models import torch_weights
+
+        fields = _torch_fields(name, num_classes, weights, switch)
+        model = build_model(name, num_classes, **{**switch, **fields})
+        variables = torch_weights.load_torch_weights(name, weights, model)
+        return Classifier(model, variables, f"torch:{weights}")
+    if weights and name not in IMAGENET_FILES:
+        raise ValueError(
+            f"--weights is for the Keras models {sorted(IMAGENET_FILES)} (HDF5) and the torch "
+            f"models {sorted(CONVERTERS)} (torch.save files), not --model={name}."
+        )
     model = build_model(name, num_classes, **switch)
     if weights:
         from models import keras_weights

@@ -40,6 +40,7 @@ class Dataset:
       num_classes: number of classes.
       image_key: feature name of the image.
       label_key: feature name of the label.
+      version: the dataset's version (TFDS builder version; for digits, scikit-learn's).
     """
 
     name: str
@@ -48,9 +49,27 @@ class Dataset:
     num_classes: int
     image_key: str = "image"
     label_key: str = "label"
+    version: str = ""
 
     def __len__(self) -> int:
         return len(self.source)
+
+    def identity(self, num_images: int, image_size: int | None) -> dict:
+        """What determines the images an evaluation reads: name, version, split, the number of
+        images, the image size, and a digest of the first and last example read (which tells
+        two datasets of one name apart)."""
+        from benchmarks.run_identity import digest_arrays
+
+        ends = sorted({0, max(num_images - 1, 0)}) if num_images else []
+        examples = [_example(self, i, image_size) for i in ends]
+        return {
+            "name": self.name,
+            "version": self.version,
+            "split": self.split,
+            "num_images": int(num_images),
+            "image_size": image_size,
+            "ends_sha256": digest_arrays([[im, np.int32(lab)] for im, lab in examples]),
+        }
 
 
 def _digits_images() -> tuple[np.ndarray, np.ndarray]:
@@ -178,7 +197,10 @@ def open_dataset(name: str, split: str, data_dir: str | None = None) -> Dataset:
     if name in EMBEDDED:
         images, labels = _digits_images()
         sl = _slice_embedded(len(labels), split)
-        return Dataset(name, split, _ArraySource(images[sl], labels[sl]), num_classes=10)
+        import sklearn
+
+        source = _ArraySource(images[sl], labels[sl])
+        return Dataset(name, split, source, 10, version=f"sklearn-{sklearn.__version__}")
     builder = tfds_builder(name, data_dir)
     source = tfds_split(builder, split)
     features = builder.info.features
@@ -197,7 +219,15 @@ def open_dataset(name: str, split: str, data_dir: str | None = None) -> Dataset:
             f"--dataset={name!r} has no image and class-label features "
             f"(features: {list(features)})."
         )
-    return Dataset(name, split, source, features[label_key].num_classes, image_key, label_key)
+    return Dataset(
+        name,
+        split,
+        source,
+        features[label_key].num_classes,
+        image_key,
+        label_key,
+        str(builder.info.version),
+    )
 
 
 def to_float(images: np.ndarray) -> np.ndarray:

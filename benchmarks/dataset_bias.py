@@ -35,7 +35,17 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from benchmarks import bias_stats, classifiers, data, evaluate, protocols, report, train, transforms
+from benchmarks import (
+    bias_stats,
+    classifiers,
+    data,
+    evaluate,
+    protocols,
+    report,
+    run_identity,
+    train,
+    transforms,
+)
 from benchmarks import flags as sb_flags
 
 FLAGS = flags.FLAGS
@@ -233,7 +243,7 @@ def geometry_from_flags() -> Geometry:
             f"--offsets={offsets[-1]} plus --local_shift={k} exceeds {limit} px, the room a "
             f"{FLAGS.digit_size} px digit has in a {FLAGS.canvas_size} px canvas."
         )
-    local, _, _ = protocols.shift_sweep(FLAGS.local_sweep, -k, k)
+    local, _, _, _ = protocols.shift_sweep(FLAGS.local_sweep, -k, k)
     return Geometry(
         FLAGS.canvas_size, FLAGS.digit_size, FLAGS.box_size, offsets, FLAGS.num_directions, local, k
     )
@@ -310,18 +320,39 @@ def run_bias(
         "num_train": len(train_boxes[1]),
         "num_test": len(test_boxes[1]),
         "data": [FLAGS.dataset, FLAGS.train_split, FLAGS.split, FLAGS.image_size],
+        "train_sha256": run_identity.digest_arrays(train_boxes),
+        "test_sha256": run_identity.digest_arrays(test_boxes),
+        "shiftbench": run_identity.package_version(),
     }
+    fingerprint = run_identity.jsonable(fingerprint)
     cached = report.read_json(os.path.join(workdir, "result.json"))
     if cached and cached.get("fingerprint") == fingerprint:
         logging.info("%s: finished earlier, reusing %s", bias.name, workdir)
         return cached
+
     boxes = np.tile(train_boxes[0], (FLAGS.placements, 1, 1, 1))
     labels = np.tile(train_boxes[1], FLAGS.placements)
     limit = bias_stats.max_offset(geo.canvas_size, geo.digit_size)
     offsets = bias_stats.sample_offsets(jax.random.key(config.seed), len(labels), bias, limit)
     images = np.asarray(bias_stats.place(boxes, offsets, geo.canvas_size, geo.digit_size))
     model = classifiers.build_model(FLAGS.model, num_classes, **fields)
-    trained = train.train(model, images, labels, config, os.path.join(workdir, "checkpoint"))
+    train_identity = {
+        "model": FLAGS.model,
+        "fields": fields,
+        "data": fingerprint["data"],
+        "images_sha256": run_identity.digest_arrays((images, labels)),
+    }
+    try:
+        trained = train.train(
+            model,
+            images,
+            labels,
+            config,
+            os.path.join(workdir, "checkpoint"),
+            identity=train_identity,
+        )
+    except run_identity.IdentityMismatch as e:
+        raise sb_flags.FlagError(f"--output_dir={FLAGS.output_dir}: {e} Use a new --output_dir.")
     clf = classifiers.Classifier(model, trained.variables, f"checkpoint:{workdir}")
     protocol = bias_stats.placement_protocol(
         test_boxes[0].shape[1:], geo.canvas_size, geo.digit_size
@@ -378,9 +409,11 @@ def run_experiment() -> None:
         )
     except ValueError as e:
         raise sb_flags.FlagError(f"training flags: {e}") from None
-    eval_config = dataclasses.replace(
-        sb_flags.eval_config_from_flags(), chunk_size=min(FLAGS.chunk_size, len(geo.local))
-    )
+    eval_config = sb_flags.eval_config_from_flags()
+    if FLAGS.chunk_size is not None:
+        eval_config = dataclasses.replace(
+            eval_config, chunk_size=min(FLAGS.chunk_size, len(geo.local))
+        )
     results = [
         run_bias(
             bias,
@@ -452,6 +485,11 @@ def write_experiment(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise sb_flags.FlagError(f"unexpected arguments {argv[1:]}.")
+    if FLAGS.multihost:
+        raise sb_flags.FlagError(
+            "--multihost: benchmarks.dataset_bias runs on one process only; run it without "
+            "--multihost."
+        )
     if FLAGS.mode == "stats":
         run_stats()
     else:

@@ -1,11 +1,14 @@
 """Per-layer feature equivariance of a model under a sweep of integer input shifts.
 
-For each stage with cumulative stride s and each input shift d, the relative error
+For each stage with cumulative stride s and each input shift d that is a multiple of s on
+both axes (the only shifts with a lattice counterpart: an ideal net scores 0 there), the
+relative error
 ||Phi(T_d x) - T_{d/s} Phi(x)||^2 / ||Phi(x)||^2 (`metrics.feature_equivariance_error`) and a
 PSNR in the StyleGAN3 EQ-T form (`metrics.psnr_from_mse`, with each stage's features scaled to
 [-1, 1] by the largest |Phi(x)| of the batch), with the vacated border masked out for
-non-circular shifts. One jitted call evaluates every shift of the sweep (`lax.map`): new
-shifts of the same count never recompile.
+non-circular shifts. Shifts that are not multiples of a stage's stride are reported as NaN
+for that stage, and `matched_mean` averages the others. One jitted call evaluates every shift
+of the sweep (`lax.map`): new shifts of the same count never recompile.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ def feature_equivariance(
       circular: circular input shifts (exact for circular padding) or zero-filled ones.
 
     Returns:
-      {stage: {"error": [S] mean relative error over images, "psnr": [S] dB}}.
+      {stage: {"error": [S] mean relative error over images, "psnr": [S] dB}}, NaN at the
+      shifts that are not a multiple of the stage's stride on both axes.
     """
     shifts = np.asarray(shifts)
     if shifts.ndim != 2 or shifts.shape[1] != 2 or not np.issubdtype(shifts.dtype, np.integer):
@@ -74,4 +78,22 @@ def feature_equivariance(
         return jax.lax.map(one, shifts)
 
     result = jax.device_get(run(variables, jnp.asarray(images), jnp.asarray(shifts, jnp.int32)))
-    return {n: {k: np.asarray(v) for k, v in result[n].items()} for n in names}
+    out = {}
+    for n in names:
+        matched = np.all(shifts % strides[n] == 0, axis=1)
+        out[n] = {k: np.where(matched, np.asarray(v), np.nan) for k, v in result[n].items()}
+    return out
+
+
+def matched_mean(values: np.ndarray) -> float:
+    """Mean over the shifts a stage is compared at (NaN entries skipped; NaN if none)."""
+    values = np.asarray(values, np.float64)
+    return float(np.nanmean(values)) if (~np.isnan(values)).any() else float("nan")
+
+
+def matched_shifts(strides: Mapping[str, int], max_shift: int) -> np.ndarray:
+    """Diagonal shifts (k, k), k = 1..max(max_shift, largest stride), int [S, 2]: every stage
+    has at least one shift that is a multiple of its stride."""
+    top = max(max_shift, max(strides.values()))
+    k = np.arange(1, top + 1)
+    return np.stack([k, k], axis=1)

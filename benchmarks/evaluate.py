@@ -1,26 +1,29 @@
 """The evaluator: any classifier, any batch iterator, one transformation sweep.
 
 For each batch, one jitted call transforms every image by every parameter of the sweep
-(vmap over images and over a chunk of parameters, `lax.map` over chunks and, optionally, over
-groups of `images_per_call` images, so memory is bounded by both), runs the classifier, and
-reduces the probabilities `[T, N, K]` to per-image metrics with `benchmarks.metrics`, then to
-masked sums over the batch. The host only adds up small sums, so the same code runs on one
-CPU, one GPU, a TPU slice (batch axis sharded over a `Mesh` of all devices) and a multi-host
-pod (each host feeds its slice of every global batch).
+(vmap over images and over a chunk of parameters, `lax.map` over chunks and over groups of
+`images_per_call` images, so memory is bounded by both), runs the classifier, and reduces the
+probabilities `[T, N, K]` to per-image metrics (`PER_IMAGE_METRICS`, definitions in
+README.md ("Definitions")), then to masked sums over the batch. The host only adds up small sums, so the
+same code runs on one CPU, one GPU, a TPU slice (batch axis sharded over a `Mesh` of all
+devices) and a multi-host pod (each host feeds its slice of every global batch).
 
-The jitted function takes the sweep parameters, the batch and the model variables as
-arguments: a new batch, a new sweep of the same shape, or new weights never recompile.
+The jitted function takes the sweep parameters, its pairs, the batch and the model variables
+as arguments: a new batch, a new sweep of the same shape, or new weights never recompile.
+
+A run with a `state_path` saves its running sums (npz, with the run's identity) every
+`save_every` batches; a later run of the same identity resumes after the last saved batch, a
+run of another identity starts afresh and says what differs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import io
 import itertools
-import os
-import pickle
+import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -29,24 +32,11 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from benchmarks import metrics
+from benchmarks import metrics, report, run_identity
 
 Array = jax.Array
 BATCH_AXIS = "batch"
-
-# Per-image metrics the evaluator reports (means over images, with standard errors).
-IMAGE_METRICS = (
-    "p_top1_change",
-    "mac",
-    "mac_label",
-    "consistency",
-    "consistency_vs_reference",
-    "top5_distance",
-    "accuracy",
-    "accuracy_reference",
-    "worst_case_accuracy",
-    "worst_of_k_accuracy",
-)
+DEFAULT_MEMORY_BUDGET_MB = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,35 +44,41 @@ class EvalConfig:
     """Static settings of one evaluation.
 
     Attributes:
-      chunk_size: sweep parameters per model call (memory ~ chunk_size x images_per_call).
-      images_per_call: images per model call (default: the whole batch); a divisor of the
-        batch size and a multiple of the number of devices. Smaller calls bound memory when
-        one parameter of the whole batch does not fit, and can run faster on CPU (activations
-        that stay in cache).
-      flip_distance: d of the ImageNet-P flip probability / top-5 distance (frames k, k+d);
-        `p_top1_change` always uses d = 1 (Azulay).
-      num_pairs: seeded random pairs of sweep entries per image for Zhang consistency.
-      worst_of_k: number of seeded random sweep entries per image for worst-of-k accuracy.
+      chunk_size: sweep parameters per model call; None: chosen with `images_per_call` from
+        `memory_budget_mb` (`call_sizes_for_budget`).
+      images_per_call: images per model call; a divisor of the batch size and a multiple of
+        the number of devices. None: the whole batch when `chunk_size` is given, else chosen
+        from the budget. Smaller calls bound memory and can run faster on CPU (activations
+        that stay in cache). Results do not depend on either size.
+      memory_budget_mb: activation memory one model call may use on one device (MiB), for
+        the sizes left as None.
+      flip_distance: d of the ImageNet-P flip probability and top-5 distance (the protocol's
+        pairs d steps apart); `p_top1_change` and `mac` always use the pairs one step apart.
+      num_pairs: seeded random pairs of sweep entries per image for Zhang's consistency, and
+        seeded random entries per image for the consistency against the reference entry.
+      worst_of_k: seeded random sweep entries per image for the worst-of-k accuracy.
       num_curves: images whose true-class probability curve is kept (Azulay Fig. 1).
-      seed: seed of the per-image draws (consistency pairs, worst-of-k).
+      seed: seed of the per-image draws.
     """
 
-    chunk_size: int = 8
+    chunk_size: int | None = None
     images_per_call: int | None = None
+    memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB
     flip_distance: int = 1
-    num_pairs: int = 1
+    num_pairs: int = 4
     worst_of_k: int = 10
     num_curves: int = 8
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("chunk_size", "flip_distance", "num_pairs", "worst_of_k"):
+        for name in ("flip_distance", "num_pairs", "worst_of_k", "memory_budget_mb"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
+        for name in ("chunk_size", "images_per_call"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1 (or None).")
         if self.num_curves < 0:
             raise ValueError(f"num_curves={self.num_curves} must be >= 0.")
-        if self.images_per_call is not None and self.images_per_call < 1:
-            raise ValueError(f"images_per_call={self.images_per_call} must be >= 1.")
 
 
 @dataclasses.dataclass
@@ -90,16 +86,20 @@ class EvalResult:
     """What one evaluation measured.
 
     Attributes:
-      metrics: name -> mean over images (see IMAGE_METRICS).
+      metrics: name -> mean over images (the `PER_IMAGE_METRICS` that the sweep supports:
+        without neighbour pairs, the neighbour metrics are absent).
       stderr: name -> standard error of that mean over images.
       accuracy_per_param: [T] top-1 accuracy at each sweep parameter.
       label_prob_per_param: [T] mean probability of the true class at each parameter.
-      flip_rate_per_pair: [T-1] P(top-1 change) between parameters k and k+1.
+      pairs: [E, 2] the sweep-index pairs one step apart.
+      flip_rate_per_pair: [E] P(top-1 change) of each of those pairs.
       curves: [T, num_curves] true-class probability of the first images (Azulay Fig. 1).
       curve_labels: [num_curves] their labels.
       num_images: images evaluated.
       num_batches: batches evaluated.
       compile_count: how many times the batch function was traced (1 after any evaluation).
+      call_sizes: (chunk_size, images_per_call) the model calls used.
+      identity: the run identity (`benchmarks.run_identity`) stored with the state.
       wall_time_s: seconds spent in `run`.
     """
 
@@ -107,13 +107,82 @@ class EvalResult:
     stderr: dict[str, float]
     accuracy_per_param: np.ndarray
     label_prob_per_param: np.ndarray
+    pairs: np.ndarray
     flip_rate_per_pair: np.ndarray
     curves: np.ndarray
     curve_labels: np.ndarray
     num_images: int
     num_batches: int
     compile_count: int
+    call_sizes: tuple[int, int]
+    identity: dict
     wall_time_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepOutputs:
+    """What every per-image metric of one batch sees (inside the jitted batch function).
+
+    Attributes:
+      probs: [T, B, K] class probabilities.
+      labels: [B] int32 true labels.
+      reference_index: traced int32 scalar, the untransformed entry.
+      pairs: [E, 2] sweep-index pairs one step apart.
+      flip_pairs: [F, 2] pairs `flip_distance` steps apart.
+      consistency_pairs: [B, num_pairs, 2] per-image seeded pairs of sweep entries.
+      reference_draws: [B, num_pairs] per-image seeded sweep entries.
+      worst_draws: [B, worst_of_k] per-image seeded sweep entries.
+    """
+
+    probs: Array
+    labels: Array
+    reference_index: Array
+    pairs: Array
+    flip_pairs: Array
+    consistency_pairs: Array
+    reference_draws: Array
+    worst_draws: Array
+
+    @property
+    def reference_top1(self) -> Array:
+        """[B] the top-1 class at the reference entry."""
+        return jnp.argmax(self.probs[self.reference_index], axis=-1)
+
+    @property
+    def correct(self) -> Array:
+        """[T, B] bool, top-1 == label."""
+        return metrics.correct(self.probs, self.labels)
+
+
+def _vs_reference(s: SweepOutputs) -> Array:
+    ref = jnp.full_like(s.reference_draws, s.reference_index)
+    return metrics.consistency(s.probs, jnp.stack([s.reference_draws, ref], axis=-1))
+
+
+# name -> (the pairs it needs, or None; per-image value [B]). Definitions: README.md ("Definitions").
+PER_IMAGE_METRICS: dict[str, tuple[str | None, Callable[[SweepOutputs], Array]]] = {
+    "p_top1_change": ("pairs", lambda s: metrics.top1_change(s.probs, pairs=s.pairs)),
+    "mac": (
+        "pairs",
+        lambda s: metrics.mean_absolute_change(s.probs, labels=s.reference_top1, pairs=s.pairs),
+    ),
+    "mac_label": (
+        "pairs",
+        lambda s: metrics.mean_absolute_change(s.probs, labels=s.labels, pairs=s.pairs),
+    ),
+    "flip_probability": ("flip_pairs", lambda s: metrics.top1_change(s.probs, pairs=s.flip_pairs)),
+    "top5_distance": ("flip_pairs", lambda s: metrics.top5_distance(s.probs, pairs=s.flip_pairs)),
+    "consistency": (None, lambda s: metrics.consistency(s.probs, s.consistency_pairs)),
+    "consistency_vs_reference": (None, _vs_reference),
+    "accuracy": (None, lambda s: jnp.mean(s.correct.astype(jnp.float32), axis=0)),
+    "accuracy_reference": (None, lambda s: s.correct[s.reference_index].astype(jnp.float32)),
+    "worst_case_accuracy": (None, lambda s: metrics.worst_case_correct(s.probs, s.labels)),
+    "worst_of_k_accuracy": (
+        None,
+        lambda s: metrics.worst_of_k_correct(s.probs, s.labels, s.worst_draws),
+    ),
+}
+IMAGE_METRICS = tuple(PER_IMAGE_METRICS)
 
 
 def call_sizes_for_budget(
@@ -145,12 +214,6 @@ def call_sizes_for_budget(
     return 1, num_devices * max(divisors, default=1)
 
 
-def _neighbour_changes(probs: Array) -> Array:
-    """[T-1, N] float32: whether the top-1 class differs between parameters k and k+1."""
-    top = jnp.argmax(probs, axis=-1)
-    return (top[1:] != top[:-1]).astype(jnp.float32)
-
-
 def default_mesh() -> Mesh:
     """A 1-D mesh over every device of every host, axis name 'batch'."""
     return Mesh(np.asarray(jax.devices()), (BATCH_AXIS,))
@@ -166,7 +229,8 @@ class Evaluator:
       transform: `transform(image [H, W, C], param [P]) -> image [h, w, C]` for one image.
       batch_size: global batch size (images per call, divisible by the number of devices).
       config: `EvalConfig`.
-      variables: optional pytree passed to `apply_fn`.
+      variables: optional pytree passed to `apply_fn` (host values: every process of a
+        multi-host run passes the same ones).
       mesh: device mesh with a 'batch' axis (default: all devices).
     """
 
@@ -196,39 +260,80 @@ class Evaluator:
         self.config = config
         self.compile_count = 0
         self._apply = (lambda v, x: apply_fn(x)) if variables is None else apply_fn
-        self._variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
+        # Host values, then replicated: restored (committed, single-device) arrays would
+        # otherwise be a cross-host transfer on a multi-process mesh.
+        self._variables = jax.device_put(jax.device_get(variables), NamedSharding(self.mesh, P()))
         self._transform = transform
         self._data_sharding = NamedSharding(self.mesh, P(BATCH_AXIS))
+        self._sizes: dict[tuple, tuple[int, int]] = {}
+        self._weights_digest: str | None = None
         # Inputs arrive already placed (variables replicated, batch sharded over 'batch');
         # outputs are small sums, replicated so that every host can read them.
         self._step = jax.jit(
             self._batch_sums,
             out_shardings=NamedSharding(self.mesh, P()),
-            static_argnames=("num_params",),
+            static_argnames=("num_params", "chunk_size", "images_per_call"),
         )
+
+    # --- call sizes -----------------------------------------------------------------------------
+
+    def call_sizes(self, image_shape: tuple[int, ...], num_params: int) -> tuple[int, int]:
+        """(chunk_size, images_per_call) for images [H, W, C] under a sweep of `num_params`.
+
+        Sizes the config leaves as None come from its memory budget and the temporary bytes
+        per image of one forward pass (XLA's memory analysis of the compiled forward).
+        """
+        cfg = self.config
+        if cfg.chunk_size is not None:
+            return min(cfg.chunk_size, num_params), cfg.images_per_call or self.batch_size
+        key = (tuple(image_shape), num_params)
+        if key not in self._sizes:
+            ndev = self.mesh.devices.size
+            chunk, per_call = call_sizes_for_budget(
+                self._bytes_per_image(image_shape),
+                self.batch_size,
+                ndev,
+                num_params,
+                cfg.memory_budget_mb << 20,
+            )
+            self._sizes[key] = (chunk, cfg.images_per_call or per_call)
+        return self._sizes[key]
+
+    def _bytes_per_image(self, image_shape: tuple[int, ...]) -> float:
+        """Temporary bytes per image of the model on one device (0 when XLA does not say)."""
+        image = jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32)
+        param = jax.ShapeDtypeStruct((2,), jnp.float32)
+        try:
+            out = jax.eval_shape(self._transform, image, param)
+        except Exception:  # a transform with another parameter size: probe with the input size
+            out = image
+        n = min(8, self.batch_size // self.mesh.devices.size)
+        x = jax.ShapeDtypeStruct((n, *out.shape), jnp.float32)
+        variables = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), self._variables)
+        analysis = jax.jit(self._apply).lower(variables, x).compile().memory_analysis()
+        temp = getattr(analysis, "temp_size_in_bytes", 0) if analysis is not None else 0
+        return temp / n
 
     # --- the jitted batch function -------------------------------------------------------------
 
     def _probs(
-        self, variables, images: Array, params: Array, num_params: int
+        self, variables, images: Array, params: Array, num_params: int, chunk: int, per_call: int
     ) -> tuple[Array, Array]:
         """Softmax probabilities [T, B, K] and a per-image finiteness flag [B]."""
-        c = self.config.chunk_size
-        chunks = params.reshape(-1, c, params.shape[-1])  # [T_pad / c, c, P]
+        chunks = params.reshape(-1, chunk, params.shape[-1])  # [T_pad / c, c, P]
         per_image = jax.vmap(self._transform, in_axes=(None, 0))  # one image, c params
-        m = self.config.images_per_call or images.shape[0]
-        groups = images.shape[0] // m
+        groups = images.shape[0] // per_call
 
         def logits_of(x):  # [n, c, h, w, C] -> [n, c, K]; B-major: shards stay local
             n = x.shape[0]
-            return self._apply(variables, x.reshape(n * c, *x.shape[2:])).reshape(n, c, -1)
+            return self._apply(variables, x.reshape(n * chunk, *x.shape[2:])).reshape(n, chunk, -1)
 
-        def one_chunk(chunk):
-            x = jax.vmap(per_image, in_axes=(0, None))(images, chunk)  # [B, c, h, w, C]
+        def one_chunk(params_chunk):
+            x = jax.vmap(per_image, in_axes=(0, None))(images, params_chunk)  # [B, c, h, w, C]
             if groups == 1:
                 logits = logits_of(x)
             else:  # group g holds images g, g + groups, ...: each device keeps its own rows
-                x = jnp.swapaxes(x.reshape(m, groups, *x.shape[1:]), 0, 1)  # [groups, m, ...]
+                x = jnp.swapaxes(x.reshape(per_call, groups, *x.shape[1:]), 0, 1)
                 logits = jax.lax.map(logits_of, x)  # [groups, m, c, K]
                 logits = jnp.swapaxes(logits, 0, 1).reshape(-1, *logits.shape[2:])
             logits = logits.astype(jnp.float32)
@@ -248,46 +353,47 @@ class Evaluator:
         index,
         params,
         reference_index,
+        pairs,
+        flip_pairs,
         *,
         num_params: int,
-    ) -> dict[str, Array]:
+        chunk_size: int,
+        images_per_call: int,
+    ) -> dict[str, Any]:
         """Masked sums over one batch of every metric; `reference_index` is a traced int32."""
         self.compile_count += 1  # runs once per trace
         cfg = self.config
-        probs, finite = self._probs(variables, images, params, num_params)
+        probs, finite = self._probs(
+            variables, images, params, num_params, chunk_size, images_per_call
+        )
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(cfg.seed), i))(index)
-        pair_keys, k_keys = jax.vmap(lambda k: jax.random.split(k, 2), out_axes=1)(keys)
-        pairs = metrics.draw_pairs(pair_keys, num_params, cfg.num_pairs)  # [B, p, 2]
-        draws = metrics.draw_indices(k_keys, num_params, (cfg.worst_of_k,))  # [B, k]
-        correct = metrics.correct(probs, labels)  # [T, B]
-        ref_top1 = jnp.argmax(probs[reference_index], axis=-1)  # [B]
-        draws_vs_ref = jnp.stack([draws, jnp.full_like(draws, reference_index)], axis=-1)
-        flips = _neighbour_changes(probs)  # [T-1, B]
+        pair_keys, k_keys, ref_keys = jax.vmap(lambda k: jax.random.split(k, 3), out_axes=1)(keys)
+        outputs = SweepOutputs(
+            probs=probs,
+            labels=labels,
+            reference_index=reference_index,
+            pairs=pairs,
+            flip_pairs=flip_pairs,
+            consistency_pairs=metrics.draw_pairs(pair_keys, num_params, cfg.num_pairs),
+            reference_draws=metrics.draw_indices(ref_keys, num_params, (cfg.num_pairs,)),
+            worst_draws=metrics.draw_indices(k_keys, num_params, (cfg.worst_of_k,)),
+        )
+        available = {"pairs": pairs.shape[0] > 0, "flip_pairs": flip_pairs.shape[0] > 0}
         per_image = {
-            "p_top1_change": metrics.top1_change(probs, 1),
-            # The reference index is data (no recompile per sweep), so the class of the
-            # untransformed image and the (draw, reference) pairs are formed here.
-            "mac": metrics.mean_absolute_change(probs, labels=ref_top1),
-            "mac_label": metrics.mean_absolute_change(probs, labels=labels),
-            "consistency": metrics.consistency(probs, pairs),
-            "consistency_vs_reference": metrics.consistency(probs, draws_vs_ref),
-            "accuracy": jnp.mean(correct, axis=0),
-            "accuracy_reference": correct[reference_index].astype(jnp.float32),
-            "worst_case_accuracy": metrics.worst_case_correct(probs, labels),
-            "worst_of_k_accuracy": metrics.worst_of_k_correct(probs, labels, draws),
+            name: fn(outputs)
+            for name, (needs, fn) in PER_IMAGE_METRICS.items()
+            if needs is None or available[needs]
         }
-        if cfg.flip_distance != 1:
-            per_image["flip_probability"] = metrics.top1_change(probs, cfg.flip_distance)
-        if probs.shape[-1] > 5:
-            per_image["top5_distance"] = metrics.top5_distance(probs, cfg.flip_distance)
         w = valid.astype(jnp.float32)
         curves = metrics.label_prob_curve(probs, labels)  # [T, B]
+        top = jnp.argmax(probs, axis=-1)
+        flips = (top[pairs[:, 0]] != top[pairs[:, 1]]).astype(jnp.float32)  # [E, B]
         n = min(cfg.num_curves, images.shape[0])
         return {
             "count": jnp.sum(w),
             "sum": {k: jnp.sum(v * w) for k, v in per_image.items()},
             "sum_sq": {k: jnp.sum(v * v * w) for k, v in per_image.items()},
-            "correct_per_param": jnp.sum(correct * w, axis=1),
+            "correct_per_param": jnp.sum(outputs.correct * w, axis=1),
             "label_prob_per_param": jnp.sum(curves * w, axis=1),
             "flips_per_pair": jnp.sum(flips * w, axis=1),
             "curves": curves[:, :n],
@@ -296,7 +402,13 @@ class Evaluator:
             "bad_images": jnp.sum((~finite) & valid),
         }
 
-    def compiled(self, image_shape: tuple[int, ...], params: np.ndarray) -> jax.stages.Compiled:
+    def compiled(
+        self,
+        image_shape: tuple[int, ...],
+        params: np.ndarray,
+        pairs: np.ndarray | None = None,
+        flip_pairs: np.ndarray | None = None,
+    ) -> jax.stages.Compiled:
         """The compiled batch function `run` calls for images [H, W, C] under the sweep `params`.
 
         After a `run` of the same shapes this traces and compiles nothing new (jit's caches);
@@ -305,6 +417,8 @@ class Evaluator:
         """
         params = np.asarray(params, np.float32)
         t = params.shape[0]
+        pairs, flip_pairs = self._pairs(t, pairs, flip_pairs)
+        chunk, per_call = self.call_sizes(image_shape, t)
         n = self.batch_size
         data = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=self._data_sharding)
         return self._step.lower(
@@ -313,12 +427,36 @@ class Evaluator:
             data((n,), jnp.int32),
             data((n,), jnp.bool_),
             data((n,), jnp.int32),
-            jax.ShapeDtypeStruct((t + -t % self.config.chunk_size, params.shape[1]), jnp.float32),
+            jax.ShapeDtypeStruct((t + -t % chunk, params.shape[1]), jnp.float32),
             jax.ShapeDtypeStruct((), jnp.int32),
+            jax.ShapeDtypeStruct(pairs.shape, jnp.int32),
+            jax.ShapeDtypeStruct(flip_pairs.shape, jnp.int32),
             num_params=t,
+            chunk_size=chunk,
+            images_per_call=per_call,
         ).compile()
 
     # --- host side ------------------------------------------------------------------------------
+
+    def _pairs(self, t: int, pairs, flip_pairs) -> tuple[np.ndarray, np.ndarray]:
+        """The neighbour pairs (default: an ordered sweep's (k, k + 1) and (k, k + d))."""
+        d = self.config.flip_distance
+        if flip_pairs is None and pairs is not None and not len(pairs):
+            flip_pairs = np.zeros((0, 2), np.int32)  # a sweep without neighbours
+        if flip_pairs is None and d >= t:
+            raise ValueError(f"flip_distance={d} must be smaller than the sweep length {t}.")
+        out = []
+        for name, value, default in (("pairs", pairs, 1), ("flip_pairs", flip_pairs, d)):
+            value = metrics.sequence_pairs(t, default) if value is None else np.asarray(value)
+            value = value.reshape(-1, 2) if value.size == 0 else value
+            if (
+                value.ndim != 2
+                or value.shape[1] != 2
+                or (value.size and not (0 <= value.min() and value.max() < t))
+            ):
+                raise ValueError(f"{name} must be [E, 2] indices in [0, {t}), got {value.shape}.")
+            out.append(value.astype(np.int32))
+        return out[0], out[1]
 
     def _global_batch(self, images: np.ndarray, labels: np.ndarray, start: int):
         """Pads this host's slice to batch_size / process_count and forms global arrays."""
@@ -334,6 +472,24 @@ class Evaluator:
         make = lambda a: jax.make_array_from_process_local_data(self._data_sharding, a)
         return make(images), make(labels), make(valid), make(index)
 
+    def identity(
+        self, params: np.ndarray, reference_index: int, pairs: np.ndarray, flip_pairs: np.ndarray
+    ) -> dict[str, Any]:
+        """The evaluator's part of a run identity: the weights' content, the sweep, its pairs,
+        config and batch size."""
+        if self._weights_digest is None:
+            self._weights_digest = run_identity.digest_arrays(jax.device_get(self._variables))
+        return {
+            "weights_sha256": self._weights_digest,
+            "sweep_sha256": run_identity.digest_arrays(
+                {"params": params, "pairs": pairs, "flip_pairs": flip_pairs}
+            ),
+            "reference_index": int(reference_index),
+            "config": dataclasses.asdict(self.config),
+            "batch_size": self.batch_size,
+            "shiftbench": run_identity.package_version(),
+        }
+
     def run(
         self,
         batches: Iterable[tuple[np.ndarray, np.ndarray]]
@@ -341,6 +497,9 @@ class Evaluator:
         params: np.ndarray,
         reference_index: int = 0,
         *,
+        pairs: np.ndarray | None = None,
+        flip_pairs: np.ndarray | None = None,
+        identity: Mapping[str, Any] | None = None,
         state_path: str | None = None,
         save_every: int = 20,
         total_batches: int | None = None,
@@ -356,11 +515,20 @@ class Evaluator:
           params: [T, P] sweep parameters, T >= 2.
           reference_index: index of the untransformed (or reference) parameter: the class c of
             MAC and the "vs reference" consistency.
-          state_path: when given, the running sums are saved there every `save_every` batches
-            and a run that finds a state of the same evaluation resumes after its last batch.
+          pairs: [E, 2] sweep-index pairs one step apart (`Protocol.pairs()`); default: the
+            sweep is an ordered sequence, pairs (k, k + 1). [0, 2]: no neighbours (random
+            draws): the neighbour metrics are then absent.
+          flip_pairs: [F, 2] pairs `flip_distance` steps apart (`Protocol.flip_pairs(d)`);
+            default (k, k + d), or none when `pairs` is empty.
+          identity: what else determines the numbers (model, weights digest, data, protocol):
+            stored with the state; the evaluator adds its own part (`Evaluator.identity`).
+          state_path: when given (local or gs://), the running sums are saved there every
+            `save_every` batches and at the end; a run that finds a state of the same identity
+            resumes after its last batch, one that finds another identity starts afresh (and
+            logs what differs).
           save_every: batches between saved states.
           total_batches: number of batches, for the ETA in progress logs (optional).
-          progress_every: log progress every this many batches.
+          progress_every: log progress every this many batches (0: never).
 
         Returns:
           An `EvalResult`.
@@ -374,49 +542,51 @@ class Evaluator:
         t = params.shape[0]
         if not 0 <= reference_index < t:
             raise ValueError(f"reference_index={reference_index} is outside the sweep [0, {t}).")
-        pad = -t % self.config.chunk_size
-        # device_put and a numpy scalar stage data without compiling anything (jnp.asarray and
-        # jnp.int32 compile a small XLA program per new shape): one compile per sweep.
-        padded = jax.device_put(np.concatenate([params, np.repeat(params[-1:], pad, axis=0)]))
-        fingerprint = _fingerprint(params, reference_index, self.config, self.batch_size)
-        state = _load_state(state_path, fingerprint)
-        start = state["num_batches"]
-        if start:
-            logging.info("resuming after %d evaluated batches from %s", start, state_path)
-        if callable(batches):
-            batches = batches(start)
-        else:
-            batches = itertools.islice(batches, start, None)
+        pairs, flip_pairs = self._pairs(t, pairs, flip_pairs)
+        full_identity = {
+            **(identity or {}),
+            "evaluation": self.identity(params, reference_index, pairs, flip_pairs),
+        }
+        state = _resume(state_path, full_identity)
         start_time = time.perf_counter()
+        if callable(batches):
+            batches = batches(state.num_batches)
+        else:
+            batches = itertools.islice(batches, state.num_batches, None)
+        sweep = (params, np.int32(reference_index), pairs, flip_pairs)
+        self._loop(batches, sweep, state, state_path, save_every, total_batches, progress_every)
+        if state_path:
+            _save_state(state_path, state)
+        return self._finalise(state, pairs, time.perf_counter() - start_time)
+
+    def _loop(self, batches, sweep, state, state_path, save_every, total_batches, progress_every):
+        """Evaluates the batches into `state`, saving it every `save_every` batches."""
+        params, reference_index, pairs, flip_pairs = sweep
+        t = params.shape[0]
+        start = state.num_batches
         pending = None
-
-        def collect(out, b):
-            out = jax.device_get(out)
-            if out["bad_images"]:
-                raise FloatingPointError(
-                    f"the classifier returned NaN/inf logits for {int(out['bad_images'])} "
-                    f"image(s) of batch {b} (images {b * self.batch_size}.."
-                    f"{(b + 1) * self.batch_size - 1})."
-                )
-            keep = np.asarray(out["curve_valid"], bool)
-            state["curves"].append(np.asarray(out["curves"])[:, keep])
-            state["labels"].append(np.asarray(out["curve_labels"])[keep])
-            summed = {k: v for k, v in out.items() if not k.startswith("curve")}
-            totals = state["totals"]
-            state["totals"] = summed if totals is None else jax.tree.map(np.add, totals, summed)
-            state["num_batches"] = b + 1
-            if state_path and (b + 1) % save_every == 0:
-                _save_state(state_path, state)
-
+        start_time = time.perf_counter()
         for b, (images, lab) in enumerate(batches, start=start):
-            args = self._global_batch(
-                np.asarray(images, np.float32), np.asarray(lab), b * self.batch_size
-            )
+            images = np.asarray(images, np.float32)
+            chunk, per_call = self.call_sizes(images.shape[1:], t)
+            # device_put and numpy scalars stage data without compiling anything (jnp.asarray
+            # compiles a small XLA program per new shape): one compile per sweep.
+            padded = np.concatenate([params, np.repeat(params[-1:], -t % chunk, axis=0)])
+            args = self._global_batch(images, np.asarray(lab), b * self.batch_size)
             out = self._step(
-                self._variables, *args, padded, np.int32(reference_index), num_params=t
+                self._variables,
+                *args,
+                jax.device_put(padded),
+                reference_index,
+                jax.device_put(pairs),
+                jax.device_put(flip_pairs),
+                num_params=t,
+                chunk_size=chunk,
+                images_per_call=per_call,
             )
+            state.call_sizes = (chunk, per_call)
             if pending is not None:  # fetch the previous batch while this one runs
-                collect(*pending)
+                self._collect(state, *pending, state_path, save_every)
             pending = (out, b)
             done = b + 1 - start
             if progress_every and done % progress_every == 0:
@@ -424,7 +594,7 @@ class Evaluator:
                 eta = (
                     ""
                     if total_batches is None
-                    else (f", eta {elapsed / done * (total_batches - b - 1):.0f} s")
+                    else f", eta {elapsed / done * (total_batches - b - 1):.0f} s"
                 )
                 logging.info(
                     "batch %d%s: %.1f images x transforms / s%s",
@@ -434,10 +604,35 @@ class Evaluator:
                     eta,
                 )
         if pending is not None:
-            collect(*pending)
-        if state_path:
+            self._collect(state, *pending, state_path, save_every)
+
+    def _collect(self, state: "_State", out, b: int, state_path, save_every: int) -> None:
+        """Adds batch b's sums to `state` (and saves it every `save_every` batches)."""
+        out = jax.device_get(out)
+        if out["bad_images"]:
+            raise FloatingPointError(
+                f"the classifier returned NaN/inf logits for {int(out['bad_images'])} "
+                f"image(s) of batch {b} (images {b * self.batch_size}.."
+                f"{(b + 1) * self.batch_size - 1})."
+            )
+        keep = np.asarray(out["curve_valid"], bool)
+        n = self.config.num_curves
+        new = np.asarray(out["curves"])[:, keep]
+        old = state.curves if state.curves.size else np.zeros((len(new), 0), new.dtype)
+        state.curves = np.concatenate([old, new], axis=1)[:, :n]
+        labels = np.asarray(out["curve_labels"])[keep]
+        state.curve_labels = np.concatenate([state.curve_labels, labels])[:n]
+        summed = {k: v for k, v in out.items() if not k.startswith("curve") and k != "bad_images"}
+        state.totals = (
+            summed if state.totals is None else jax.tree.map(np.add, state.totals, summed)
+        )
+        state.num_batches = b + 1
+        if state_path and (b + 1) % save_every == 0:
             _save_state(state_path, state)
-        totals = state["totals"]
+
+    def _finalise(self, state: "_State", pairs: np.ndarray, wall_time_s: float) -> EvalResult:
+        """Means and standard errors over images from the running sums."""
+        totals = state.totals
         if totals is None or float(totals["count"]) == 0:
             raise ValueError("batches held no images to evaluate.")
         count = float(totals["count"])
@@ -448,74 +643,139 @@ class Evaluator:
             )
             for k in means
         }
-        n_curves = self.config.num_curves
         return EvalResult(
             metrics=means,
             stderr=stderr,
             accuracy_per_param=np.asarray(totals["correct_per_param"]) / count,
             label_prob_per_param=np.asarray(totals["label_prob_per_param"]) / count,
+            pairs=pairs,
             flip_rate_per_pair=np.asarray(totals["flips_per_pair"]) / count,
-            curves=np.concatenate(state["curves"], axis=1)[:, :n_curves],
-            curve_labels=np.concatenate(state["labels"])[:n_curves],
+            curves=state.curves,
+            curve_labels=state.curve_labels,
             num_images=int(count),
-            num_batches=state["num_batches"],
+            num_batches=state.num_batches,
             compile_count=self.compile_count,
-            wall_time_s=time.perf_counter() - start_time,
+            call_sizes=state.call_sizes,
+            identity=state.identity,
+            wall_time_s=wall_time_s,
         )
 
 
-def _fingerprint(
-    params: np.ndarray, reference_index: int, config: EvalConfig, batch_size: int
-) -> str:
-    """Identifies an evaluation, so a saved state is only resumed by the same evaluation."""
-    h = hashlib.sha256(params.tobytes())
-    h.update(repr((params.shape, reference_index, config, batch_size)).encode())
-    return h.hexdigest()
+# --- evaluation state: npz with the run identity --------------------------------------------------
 
 
-def _load_state(path: str | None, fingerprint: str) -> dict[str, Any]:
-    """The saved running sums at `path` when they belong to `fingerprint`, else a fresh state."""
-    fresh = {
-        "fingerprint": fingerprint,
-        "totals": None,
-        "curves": [],
-        "labels": [],
-        "num_batches": 0,
+@dataclasses.dataclass
+class _State:
+    """Running sums of an evaluation, with the identity of the run they belong to."""
+
+    identity: dict
+    num_batches: int = 0
+    totals: dict | None = None
+    curves: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    curve_labels: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))
+    call_sizes: tuple[int, int] = (0, 0)
+
+
+def _state_bytes(state: _State) -> bytes:
+    arrays = {
+        "identity": np.array(json.dumps(run_identity.jsonable(state.identity))),
+        "num_batches": np.array(state.num_batches),
+        "curves": state.curves,
+        "curve_labels": state.curve_labels,
     }
-    if not path or not os.path.exists(path):
+    for key, value in (state.totals or {}).items():
+        if isinstance(value, Mapping):
+            arrays.update({f"totals/{key}/{k}": np.asarray(v) for k, v in value.items()})
+        else:
+            arrays[f"totals/{key}"] = np.asarray(value)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _state_from_bytes(data: bytes) -> _State:
+    with np.load(io.BytesIO(data), allow_pickle=False) as f:
+        totals: dict[str, Any] = {}
+        for name in f.files:
+            if name.startswith("totals/"):
+                parts = name.split("/")[1:]
+                if len(parts) == 2:
+                    totals.setdefault(parts[0], {})[parts[1]] = f[name]
+                else:
+                    totals[parts[0]] = f[name]
+        curves = f["curves"]
+        return _State(
+            identity=json.loads(str(f["identity"])),
+            num_batches=int(f["num_batches"]),
+            totals=totals or None,
+            curves=curves if curves.size else np.zeros((0, 0), np.float32),
+            curve_labels=f["curve_labels"].astype(np.int32),
+        )
+
+
+def _read_state_bytes(path: str) -> bytes | None:
+    """Process 0 reads the state; the other processes receive its bytes (resume in step)."""
+    data = report.read_bytes(path) if jax.process_index() == 0 else None
+    if jax.process_count() == 1:
+        return data
+    from jax.experimental import multihost_utils
+
+    size = int(multihost_utils.broadcast_one_to_all(np.int64(-1 if data is None else len(data))))
+    if size < 0:
+        return None
+    buf = np.frombuffer(data, np.uint8) if data is not None else np.zeros(size, np.uint8)
+    return np.asarray(multihost_utils.broadcast_one_to_all(buf)).tobytes()
+
+
+def _resume(path: str | None, identity: dict) -> _State:
+    """The saved state at `path` when it has `identity`, else a fresh one (logged)."""
+    identity = run_identity.jsonable(identity)
+    fresh = _State(identity=identity)
+    data = _read_state_bytes(path) if path else None
+    if data is None:
         return fresh
-    with open(path, "rb") as f:
-        state = pickle.load(f)
-    if state.get("fingerprint") != fingerprint:
-        logging.warning("%s belongs to another evaluation; starting afresh.", path)
+    try:
+        state = _state_from_bytes(data)
+    except (ValueError, KeyError, OSError) as e:
+        logging.warning("%s is not an evaluation state (%s); starting afresh.", path, e)
         return fresh
+    diff = run_identity.differences(state.identity, identity)
+    if diff:
+        logging.warning(
+            "%s belongs to another run, starting afresh; differs in: %s", path, "; ".join(diff)
+        )
+        return fresh
+    if state.num_batches:
+        logging.info("resuming after %d evaluated batches from %s", state.num_batches, path)
     return state
 
 
-def _save_state(path: str, state: dict[str, Any]) -> None:
-    """Atomically pickles the running sums (process 0 only)."""
-    if jax.process_index() != 0:
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        pickle.dump(state, f)
-    os.replace(tmp, path)
+def _save_state(path: str, state: _State) -> None:
+    """Atomically writes the running sums as npz (process 0 only)."""
+    if jax.process_index() == 0:
+        report.write_bytes(path, _state_bytes(state))
 
 
 def evaluate(
     apply_fn: Callable[..., Any],
     batches: Iterable[tuple[np.ndarray, np.ndarray]],
-    transform: Callable[[Array, Array], Array],
-    params: np.ndarray,
+    protocol,
     *,
     batch_size: int,
-    reference_index: int = 0,
     config: EvalConfig = EvalConfig(),
     variables: Any = None,
     mesh: Mesh | None = None,
 ) -> EvalResult:
-    """One-shot `Evaluator(...).run(...)`; see `Evaluator` for the arguments."""
-    return Evaluator(apply_fn, transform, batch_size, config, variables, mesh).run(
-        batches, params, reference_index
+    """Evaluates `apply_fn` on `batches` under a `benchmarks.protocols.Protocol`.
+
+    The protocol gives the transform, the sweep, the reference entry and the pairs; call
+    sizes come from `config` (by default from its memory budget). See `Evaluator`.
+    """
+    evaluator = Evaluator(apply_fn, protocol.transform, batch_size, config, variables, mesh)
+    return evaluator.run(
+        batches,
+        protocol.params,
+        protocol.reference_index,
+        pairs=protocol.pairs(1),
+        flip_pairs=protocol.flip_pairs(config.flip_distance),
     )

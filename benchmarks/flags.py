@@ -57,17 +57,32 @@ def define_protocol_flags() -> None:
         list(protocols.PROTOCOLS),
         "Transformation protocol (see benchmarks/protocols.py).",
     )
-    flags.DEFINE_enum("sweep", "diagonal", list(protocols.SWEEPS), "Shape of the shift sweep.")
+    flags.DEFINE_enum(
+        "sweep",
+        None,
+        list(protocols.SWEEPS),
+        "Shape of the shift sweep (default diagonal); shift protocols only (not rescale/rotate).",
+    )
     flags.DEFINE_integer(
         "max_shift", 4, "Largest shift in pixels (or in --shift_step units).", lower_bound=0
     )
     flags.DEFINE_integer("min_shift", None, "Smallest shift (default -max_shift; crop: 0).")
     flags.DEFINE_float(
-        "shift_step", 1.0, "Pixels per shift unit (subpixel: e.g. 0.5).", lower_bound=1e-3
+        "shift_step", 1.0, "subpixel: pixels per shift unit (e.g. 0.5).", lower_bound=1e-3
     )
     flags.DEFINE_integer("num_random", 16, "Draws of the 'random' sweep.", lower_bound=2)
     flags.DEFINE_integer(
-        "crop_size", None, "crop: window size (default: image - shift range).", lower_bound=1
+        "crop_size",
+        None,
+        "crop: window size (default: padded image - shift range).",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "crop_padding",
+        0,
+        "crop: zero padding added on every side before cropping (CIFAR: 4); with padding "
+        "--min_shift defaults to -max_shift.",
+        lower_bound=0,
     )
     flags.DEFINE_integer(
         "embed_size",
@@ -78,10 +93,16 @@ def define_protocol_flags() -> None:
     flags.DEFINE_integer(
         "canvas_size",
         None,
-        "embed/inpaint/rescale: canvas size (default: the image size).",
+        "embed/inpaint: canvas size (default: the image size).",
         lower_bound=1,
     )
-    flags.DEFINE_enum("fill", "zero", list(protocols.FILLS), "Background of embed/rescale/rotate.")
+    flags.DEFINE_enum(
+        "fill",
+        "zero",
+        list(protocols.FILLS),
+        "Background: embed takes every value; translate, subpixel, rescale and rotate take "
+        "zero or constant.",
+    )
     flags.DEFINE_float("fill_value", 0.0, "Value of --fill=constant, in [0, 1].")
     flags.DEFINE_enum(
         "subpixel_method",
@@ -106,21 +127,40 @@ def define_eval_flags(default_output_dir: str = "runs/invariance") -> None:
     --output_dir, --multihost."""
     flags.DEFINE_integer("seed", 0, "Seed of per-image random draws and of training.")
     flags.DEFINE_integer(
-        "chunk_size", 8, "Sweep parameters per model call (bounds memory).", lower_bound=1
+        "chunk_size",
+        None,
+        "Sweep parameters per model call (default: from --memory_budget_mb).",
+        lower_bound=1,
     )
     flags.DEFINE_integer(
         "images_per_call",
         None,
-        "Images per model call (default: the whole batch); divides --batch_size.",
+        "Images per model call (default: from --memory_budget_mb, or the whole batch with "
+        "--chunk_size); divides --batch_size.",
         lower_bound=1,
     )
     flags.DEFINE_integer(
-        "num_pairs", 4, "Random shift pairs per image for consistency.", lower_bound=1
+        "memory_budget_mb",
+        32,
+        "Activation memory of one model call per device (MiB), for the call sizes not given.",
+        lower_bound=1,
     )
     flags.DEFINE_integer(
-        "worst_of_k", 10, "Random draws per image for worst-of-k accuracy.", lower_bound=1
+        "num_pairs",
+        4,
+        "Random pairs of sweep entries per image for consistency, and random entries per "
+        "image for consistency_vs_reference.",
+        lower_bound=1,
     )
-    flags.DEFINE_integer("flip_distance", 1, "d of the ImageNet-P flip probability.", lower_bound=1)
+    flags.DEFINE_integer(
+        "worst_of_k", 10, "Random sweep entries per image for worst-of-k accuracy.", lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "flip_distance",
+        1,
+        "d of the ImageNet-P flip probability and top-5 distance (pairs d steps apart).",
+        lower_bound=1,
+    )
     flags.DEFINE_string("output_dir", default_output_dir, "Where results are written.")
     flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (Cloud TPU pods).")
 
@@ -147,7 +187,13 @@ def define_model_flags(default_model: str = "resnet20") -> None:
         "width", None, "Width of the small nets (default: the model's).", lower_bound=1
     )
     flags.DEFINE_string("checkpoint", None, "Training directory (benchmarks.train) to load.")
-    flags.DEFINE_string("weights", None, "Keras HDF5 weights: 'imagenet' or a path.")
+    flags.DEFINE_string(
+        "weights",
+        None,
+        "Pretrained weights: Keras HDF5 ('imagenet' or a path) for vgg16/resnet50/"
+        "inception_resnet_v2; a torch.save file (path or package alias) for resnet20..56 and "
+        "efficientnet_lite0..2.",
+    )
 
 
 def switch_from_flags() -> dict:
@@ -176,7 +222,13 @@ def classifier_from_flags(num_classes: int, input_shape: tuple[int, int, int]):
             **switch_from_flags(),
         )
     except (ValueError, FileNotFoundError) as e:
-        raise FlagError(f"--model={FLAGS.model}: {e}") from None
+        if FLAGS.checkpoint:
+            where = f"--checkpoint={FLAGS.checkpoint}"
+        elif FLAGS.weights:
+            where = f"--weights={FLAGS.weights}"
+        else:
+            where = f"--model={FLAGS.model}"
+        raise FlagError(f"{where}: {e}") from None
 
 
 def check_batch_size(batch_size: int) -> None:
@@ -216,6 +268,7 @@ def eval_config_from_flags():
     return evaluate.EvalConfig(
         chunk_size=FLAGS.chunk_size,
         images_per_call=FLAGS.images_per_call,
+        memory_budget_mb=FLAGS.memory_budget_mb,
         flip_distance=FLAGS.flip_distance,
         num_pairs=FLAGS.num_pairs,
         worst_of_k=FLAGS.worst_of_k,
@@ -235,6 +288,7 @@ def protocol_from_flags(image_shape: tuple[int, ...]) -> protocols.Protocol:
         num_random=FLAGS.num_random,
         seed=FLAGS.seed,
         crop_size=FLAGS.crop_size,
+        crop_padding=FLAGS.crop_padding,
         embed_size=FLAGS.embed_size,
         canvas_size=FLAGS.canvas_size,
         fill=FLAGS.fill,

@@ -8,7 +8,9 @@ Writes to --output_dir: results.json (config, metrics, versions, wall_time_s), p
 (accuracy and true-class probability per sweep parameter, P(top-1 change) to the next one),
 sweep.png (accuracy and P(top-1 change) against the shift) and curves.png (true-class
 probability of a few images, Azulay Fig. 1). An interrupted run started again with the same
-flags resumes after its last saved batch (eval_state.pkl).
+flags resumes after its last saved batch (eval_state.npz); a run of another identity (model,
+weights content, data, protocol, evaluator config) in the same --output_dir starts afresh and
+logs what differs. Definitions of every protocol and metric: README.md ("Definitions").
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import os
 import time
 
 import jax
-import numpy as np
 from absl import flags, logging
 
 from benchmarks import data, evaluate, report
@@ -41,6 +42,7 @@ def main(argv: list[str]) -> None:
     dataset = data.open_dataset(FLAGS.dataset, FLAGS.split, FLAGS.data_dir)
     image_shape = data.example_shape(dataset, FLAGS.image_size)
     protocol = sb_flags.protocol_from_flags(image_shape)
+    flip_pairs = protocol.flip_pairs(FLAGS.flip_distance)
     classifier = sb_flags.classifier_from_flags(dataset.num_classes, protocol.output_shape)
     config = sb_flags.eval_config_from_flags()
     evaluator = evaluate.Evaluator(
@@ -69,11 +71,19 @@ def main(argv: list[str]) -> None:
         FLAGS.transform,
         len(protocol.params),
     )
+    identity = {
+        "model": {"name": FLAGS.model, "fields": sb_flags.switch_from_flags()},
+        "data": dataset.identity(n, FLAGS.image_size),
+        "protocol": {"name": protocol.name, "options": protocol.options},
+    }
     result = evaluator.run(
         batches_from,
         protocol.params,
         protocol.reference_index,
-        state_path=os.path.join(FLAGS.output_dir, "eval_state.pkl"),
+        pairs=protocol.pairs(1),
+        flip_pairs=flip_pairs,
+        identity=identity,
+        state_path=os.path.join(FLAGS.output_dir, "eval_state.npz"),
         total_batches=-(-n // FLAGS.batch_size),
     )
     if report.is_writer():
@@ -93,8 +103,10 @@ def write_results(output_dir, protocol, classifier, result, wall_time_s) -> None
             "params": protocol.params,
             "accuracy": result.accuracy_per_param,
             "label_prob": result.label_prob_per_param,
-            "p_top1_change_to_next": result.flip_rate_per_pair,
         },
+        "per_pair": {"pairs": result.pairs, "p_top1_change": result.flip_rate_per_pair},
+        "identity": result.identity,
+        "call_sizes": result.call_sizes,
         "num_images": result.num_images,
         "compile_count": result.compile_count,
         "versions": report.versions(),
@@ -102,7 +114,6 @@ def write_results(output_dir, protocol, classifier, result, wall_time_s) -> None
         "eval_time_s": result.wall_time_s,
     }
     report.write_json(os.path.join(output_dir, "results.json"), record)
-    flips = np.append(result.flip_rate_per_pair, np.nan)
     rows = [
         {
             "index": i,
@@ -110,17 +121,29 @@ def write_results(output_dir, protocol, classifier, result, wall_time_s) -> None
             "param": " ".join(f"{v:g}" for v in protocol.params[i]),
             "accuracy": float(result.accuracy_per_param[i]),
             "label_prob": float(result.label_prob_per_param[i]),
-            "p_top1_change_to_next": float(flips[i]),
         }
         for i in range(len(protocol.x))
     ]
     report.write_csv(os.path.join(output_dir, "per_param.csv"), rows)
+    if len(result.pairs):
+        pair_rows = [
+            {
+                "a": int(i),
+                "b": int(j),
+                "param_a": " ".join(f"{v:g}" for v in protocol.params[i]),
+                "param_b": " ".join(f"{v:g}" for v in protocol.params[j]),
+                "p_top1_change": float(f),
+            }
+            for (i, j), f in zip(result.pairs, result.flip_rate_per_pair)
+        ]
+        report.write_csv(os.path.join(output_dir, "per_pair.csv"), pair_rows)
     title = f"{config['model']} on {config['dataset']}: {protocol.name}"
     report.plot_sweep(
         os.path.join(output_dir, "sweep.png"),
         protocol.x,
         protocol.xlabel,
         result.accuracy_per_param,
+        result.pairs,
         result.flip_rate_per_pair,
         title,
     )

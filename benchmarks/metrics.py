@@ -1,7 +1,10 @@
-"""Invariance metrics as pure JAX functions (definitions: SPEC.md, section Metrics).
+"""Invariance metrics as pure JAX functions (definitions: README.md ("Definitions")).
 
-Prediction metrics take class probabilities ``probs [T, N, K]``: T is the ordered sweep of
-transform parameters, N the images, K the classes. Each returns a per-image value ``[N]``
+Prediction metrics take class probabilities ``probs [T, N, K]``: T is the sweep of transform
+parameters, N the images, K the classes. The neighbour metrics (P(top-1 change), MAC, top-5
+distance) compare the sweep entries of ``pairs [E, 2]`` (a, b), the pairs that a protocol
+declares one step (or d steps) apart (``benchmarks.protocols.Protocol.pairs``); without
+``pairs`` the sweep is taken as an ordered sequence and the pairs are (k, k + d). Each returns a per-image value ``[N]``
 (float32) so that the evaluator can average over images across batches and mask padding;
 nothing mixes images, so the functions work unchanged inside a jitted function whose N axis
 is sharded. Static arguments (``d``, ``ref_index``, ``num_pairs``, ...) are Python ints, checked
@@ -62,6 +65,25 @@ def _check_per_image(name: str, array: ArrayLike, num_images: int, ndim: int) ->
     return array
 
 
+def sequence_pairs(num_params: int, d: int = 1) -> np.ndarray:
+    """The pairs (k, k + d), k = 0..T-d-1, of an ordered sweep of T entries: int32 [T - d, 2]."""
+    num_params = _check_int("num_params", num_params, 2, np.iinfo(np.int32).max)
+    d = _check_int("d", d, 1, num_params - 1)
+    k = np.arange(num_params - d, dtype=np.int32)
+    return np.stack([k, k + d], axis=1)
+
+
+def _sweep_pairs(probs: jax.Array, pairs: ArrayLike | None, d: int) -> jax.Array:
+    """``pairs`` checked as int [E >= 1, 2], or (k, k + d) of the ordered sweep when None."""
+    if pairs is None:
+        d = _check_int("d", d, 1, probs.shape[0] - 1)
+        return jnp.asarray(sequence_pairs(probs.shape[0], d))
+    pairs = jnp.asarray(pairs)
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.shape[0] < 1:
+        raise ValueError(f"pairs must have shape [E >= 1, 2], got shape {pairs.shape}")
+    return pairs.astype(jnp.int32)
+
+
 def _check_pairs(pairs: ArrayLike, num_images: int) -> jax.Array:
     pairs = _check_per_image("pairs", pairs, num_images, 3)
     if pairs.shape[-1] != 2:
@@ -98,27 +120,33 @@ def _mean(values: jax.Array, axis: int) -> jax.Array:
 # Prediction stability along the sweep
 
 
-def top1_change(probs: ArrayLike, d: int = 1) -> jax.Array:
-    """Per-image probability that the top-1 class changes between parameters k and k+d.
+def top1_change(probs: ArrayLike, d: int = 1, pairs: ArrayLike | None = None) -> jax.Array:
+    """Per-image probability that the top-1 class changes between neighbouring sweep entries.
 
-    Azulay & Weiss' P(top-1 change) for ``d=1``; ImageNet-P's flip probability at difficulty
-    ``d`` (frames k and k+d of a sequence, as their code's ``flip_prob``).
+    Azulay & Weiss' P(top-1 change) over the pairs one step apart; ImageNet-P's flip
+    probability at difficulty d over the pairs d steps apart (frames k and k+d of a sequence,
+    as their code's ``flip_prob``).
 
     Args:
-      probs: class probabilities [T, N, K] over an ordered sweep.
-      d: static pair distance, 1 <= d < T.
+      probs: class probabilities [T, N, K].
+      d: static pair distance of an ordered sweep, 1 <= d < T; used only without ``pairs``.
+      pairs: optional [E, 2] int sweep indices (a, b) to compare (may be traced).
 
     Returns:
-      [N] float32: mean over the T-d pairs (k, k+d) of [argmax_k != argmax_{k+d}].
+      [N] float32: mean over the pairs (a, b) of [argmax_a != argmax_b].
     """
     probs = _check_probs(probs)
-    d = _check_int("d", d, 1, probs.shape[0] - 1)
+    pairs = _sweep_pairs(probs, pairs, d)
     top = _top1(probs)
-    return _mean(top[:-d] != top[d:], axis=0)
+    return _mean(top[pairs[:, 0]] != top[pairs[:, 1]], axis=0)
 
 
 def mean_absolute_change(
-    probs: ArrayLike, ref_index: int = 0, labels: ArrayLike | None = None, d: int = 1
+    probs: ArrayLike,
+    ref_index: int = 0,
+    labels: ArrayLike | None = None,
+    d: int = 1,
+    pairs: ArrayLike | None = None,
 ) -> jax.Array:
     """Per-image mean absolute change (MAC, Azulay & Weiss) of one class' probability.
 
@@ -130,46 +158,48 @@ def mean_absolute_change(
       ref_index: static index of the reference (untransformed) entry, 0 <= ref_index < T;
         ignored when ``labels`` is given.
       labels: optional true labels [N] int.
-      d: static pair distance, 1 <= d < T.
+      d: static pair distance of an ordered sweep, 1 <= d < T; used only without ``pairs``.
+      pairs: optional [E, 2] int sweep indices (a, b) to compare (may be traced).
 
     Returns:
-      [N] float32: mean over pairs (k, k+d) of |f_c(T_k x) - f_c(T_{k+d} x)|, in probability
+      [N] float32: mean over the pairs (a, b) of |f_c(T_a x) - f_c(T_b x)|, in probability
       units.
     """
     probs = _check_probs(probs)
     num_params, num_images, _ = probs.shape
-    d = _check_int("d", d, 1, num_params - 1)
+    pairs = _sweep_pairs(probs, pairs, d)
     if labels is None:
         ref_index = _check_int("ref_index", ref_index, 0, num_params - 1)
         classes = _top1(probs)[ref_index]
     else:
         classes = _check_per_image("labels", labels, num_images, 1).astype(jnp.int32)
     curve = _class_prob(probs, classes).astype(jnp.float32)
-    return _mean(jnp.abs(curve[d:] - curve[:-d]), axis=0)
+    return _mean(jnp.abs(curve[pairs[:, 1]] - curve[pairs[:, 0]]), axis=0)
 
 
-def top5_distance(probs: ArrayLike, d: int = 1) -> jax.Array:
-    """Per-image top-5 distance (ImageNet-P T5D) between parameters k and k+d.
+def top5_distance(probs: ArrayLike, d: int = 1, pairs: ArrayLike | None = None) -> jax.Array:
+    """Per-image top-5 distance (ImageNet-P T5D) between neighbouring sweep entries.
 
     As Hendrycks & Dietterich's ``ranking_dist`` (mode 'top5'): with ranks by decreasing
-    probability (ties to the lower class index) and sigma_j the 1-based rank at k+d of the class
-    ranked j-th at k, dist = sum_{j=0..4} |j - min(sigma_j - 1, 5)|. For K < 5 the sum runs over
-    the K ranks.
+    probability (ties to the lower class index) and sigma_j the 1-based rank at b of the class
+    ranked j-th at a, dist = sum_{j=0..4} |j - min(sigma_j - 1, 5)|. For K <= 5 the sum runs
+    over the K ranks (every class is in the top 5: the distance then measures reordering only).
 
     Args:
       probs: class probabilities [T, N, K].
-      d: static pair distance, 1 <= d < T.
+      d: static pair distance of an ordered sweep, 1 <= d < T; used only without ``pairs``.
+      pairs: optional [E, 2] int sweep indices (a, b), a the earlier frame (may be traced).
 
     Returns:
-      [N] float32: mean of dist over the T-d pairs (k, k+d); 0 when the top-5 lists agree in
-      order, at most 15.
+      [N] float32: mean of dist over the pairs; 0 when the top-5 lists agree in order, at
+      most 15.
     """
     probs = _check_probs(probs)
-    d = _check_int("d", d, 1, probs.shape[0] - 1)
+    pairs = _sweep_pairs(probs, pairs, d)
     order = jnp.argsort(probs, axis=-1, descending=True)  # classes, best first; stable
     rank = jnp.argsort(order, axis=-1)  # 0-based rank of each class
     top = min(_TOP, probs.shape[-1])
-    later_rank = jnp.take_along_axis(rank[d:], order[:-d, :, :top], axis=-1)
+    later_rank = jnp.take_along_axis(rank[pairs[:, 1]], order[pairs[:, 0], :, :top], axis=-1)
     dist = jnp.abs(jnp.arange(top) - jnp.minimum(later_rank, _TOP)).sum(axis=-1)
     return _mean(dist, axis=0)
 

@@ -1,7 +1,8 @@
 """Writers of results: one JSON record per run, CSV tables, PNG plots, markdown tables.
 
 Only process 0 of a multi-host run writes (`is_writer`); every writer is atomic (temporary file
-then rename), so an interrupted run never leaves a half-written result behind.
+then rename), so an interrupted run never leaves a half-written result behind. Paths go through
+`etils.epath`, so local directories and `gs://` buckets (a Cloud TPU run's output) both work.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from etils import epath
+
+from benchmarks.run_identity import jsonable
 
 
 def is_writer() -> bool:
@@ -51,37 +55,31 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
+def write_bytes(path: str, data: bytes) -> None:
+    """Writes `data` to `path` (local or gs://) atomically: a temporary file, then a rename."""
+    target = epath.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f"{target.name}.tmp{os.getpid()}"
+    tmp.write_bytes(data)
+    tmp.replace(target)
 
 
-def _atomic_write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def read_bytes(path: str) -> bytes | None:
+    """The bytes at `path` (local or gs://), or None when there is no such file."""
+    target = epath.Path(path)
+    return target.read_bytes() if target.exists() else None
 
 
 def write_json(path: str, record: Mapping[str, Any]) -> None:
     """Writes `record` (numpy values converted) as indented JSON."""
-    _atomic_write(path, json.dumps(_jsonable(record), indent=2, sort_keys=False) + "\n")
+    text = json.dumps(jsonable(record), indent=2, sort_keys=False) + "\n"
+    write_bytes(path, text.encode())
 
 
 def read_json(path: str) -> dict[str, Any] | None:
     """The JSON at `path`, or None when there is none."""
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    data = read_bytes(path)
+    return None if data is None else json.loads(data)
 
 
 def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -92,8 +90,8 @@ def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _jsonable(v) for k, v in row.items()})
-    _atomic_write(path, buf.getvalue())
+        writer.writerow({k: jsonable(v) for k, v in row.items()})
+    write_bytes(path, buf.getvalue().encode())
 
 
 def markdown_table(
@@ -116,10 +114,9 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    write_bytes(path, buf.getvalue())
     _pyplot().close(fig)
 
 
@@ -128,15 +125,21 @@ def plot_sweep(
     x: np.ndarray,
     xlabel: str,
     accuracy: np.ndarray,
+    pairs: np.ndarray,
     flip_rate: np.ndarray,
     title: str = "",
 ) -> None:
-    """PNG of accuracy per parameter [T] and P(top-1 change) per adjacent pair [T-1] vs `x` [T]."""
+    """PNG of accuracy per parameter [T] against `x` [T], and of P(top-1 change) per
+    neighbour pair (`pairs` [E, 2], `flip_rate` [E]) at the pair's midpoint of x."""
     plt = _pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     a.plot(x, accuracy, "o-")
     a.set(xlabel=xlabel, ylabel="top-1 accuracy", title="accuracy per parameter")
-    b.plot((x[1:] + x[:-1]) / 2, flip_rate, "o-", color="C3")
+    pairs = np.asarray(pairs, int).reshape(-1, 2)
+    if len(pairs):
+        b.plot((x[pairs[:, 0]] + x[pairs[:, 1]]) / 2, flip_rate, "o", color="C3")
+    else:
+        b.text(0.5, 0.5, "the sweep has no neighbour pairs", ha="center", transform=b.transAxes)
     b.set(
         xlabel=xlabel + " (between neighbours)",
         ylabel="P(top-1 change)",

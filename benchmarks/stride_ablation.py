@@ -36,6 +36,7 @@ from benchmarks import (
     evaluate,
     protocols,
     report,
+    run_identity,
     train,
 )
 from benchmarks import flags as sb_flags
@@ -140,25 +141,50 @@ def run_variant(
     train_config: train.TrainConfig,
     eval_config: evaluate.EvalConfig,
     workdir: str,
+    data_identity: dict[str, Any],
 ) -> dict[str, Any]:
-    """Trains (or restores) one variant and measures it; cached in workdir/result.json."""
+    """Trains (or restores) one variant and measures it; cached in workdir/result.json under
+    its run identity (model, switch, training config and data, protocols, evaluator)."""
     fields = parse_variant(spec, FLAGS.blur_size or 4)
     switch = sb_flags.switch_from_flags()
     fields.update({k: switch[k] for k in ("padding", "width") if switch[k] is not None})
-    fingerprint = {
-        "model": FLAGS.model,
-        "fields": fields,
-        "train": dataclasses.asdict(train_config),
-        "eval": dataclasses.asdict(eval_config),
-        "protocols": {n: p.params.tolist() for n, p in protos.items()},
-        "num_eval_images": len(eval_data[1]),
-    }
+    train_identity = {"model": FLAGS.model, "fields": fields, "data": data_identity["train"]}
+    fingerprint = run_identity.jsonable(
+        {
+            **train_identity,
+            "train": dataclasses.asdict(train_config),
+            "eval": dataclasses.asdict(eval_config),
+            "eval_data": data_identity["eval"],
+            "protocols": {
+                n: {"params": p.params, "pairs": p.pairs(1), "options": p.options}
+                for n, p in protos.items()
+            },
+            "equivariance_images": FLAGS.equivariance_images,
+            "shiftbench": run_identity.package_version(),
+        }
+    )
     cached = report.read_json(os.path.join(workdir, "result.json"))
     if cached and cached.get("fingerprint") == fingerprint:
         logging.info("%s seed %d: finished earlier, reusing %s", spec, seed, workdir)
         return cached
+    if cached:
+        logging.info(
+            "%s seed %d: the cached result belongs to another run (%s); recomputing",
+            spec,
+            seed,
+            "; ".join(run_identity.differences(cached.get("fingerprint"), fingerprint)[:3]),
+        )
     model = classifiers.build_model(FLAGS.model, num_classes, **fields)
-    trained = train.train(model, *train_data, train_config, os.path.join(workdir, "checkpoint"))
+    try:
+        trained = train.train(
+            model,
+            *train_data,
+            train_config,
+            os.path.join(workdir, "checkpoint"),
+            identity=train_identity,
+        )
+    except run_identity.IdentityMismatch as e:
+        raise sb_flags.FlagError(f"--output_dir={FLAGS.output_dir}: {e} Use a new --output_dir.")
     clf = classifiers.Classifier(model, trained.variables, f"checkpoint:{workdir}")
     result: dict[str, Any] = {
         "variant": spec,
@@ -174,18 +200,25 @@ def run_variant(
         ev = evaluate.Evaluator(
             clf.logits, proto.transform, FLAGS.batch_size, eval_config, clf.variables
         )
-        res = ev.run(_batches(*eval_data, FLAGS.batch_size), proto.params, proto.reference_index)
+        res = ev.run(
+            _batches(*eval_data, FLAGS.batch_size),
+            proto.params,
+            proto.reference_index,
+            pairs=proto.pairs(1),
+            flip_pairs=proto.flip_pairs(eval_config.flip_distance),
+        )
         result["protocols"][name] = {
             "metrics": res.metrics,
             "stderr": res.stderr,
             "accuracy_per_param": res.accuracy_per_param,
+            "pairs": res.pairs,
             "flip_rate_per_pair": res.flip_rate_per_pair,
             "curves": res.curves,
             "x": proto.x,
             "xlabel": proto.xlabel,
         }
     strides = model.feature_strides()
-    shifts = np.stack([np.arange(1, FLAGS.max_shift + 1)] * 2, axis=1)  # diagonal 1..max_shift
+    shifts = equivariance.matched_shifts(strides, FLAGS.max_shift)
     feats = lambda v, x: model.apply(v, x, train=False)[1]
     eq = equivariance.feature_equivariance(
         feats,
@@ -212,7 +245,7 @@ def summary_row(result: dict[str, Any]) -> dict[str, Any]:
         for metric in TABLE_METRICS:
             row[f"{name}/{metric}"] = float(proto["metrics"][metric])
     for stage, err in result["equivariance"]["error"].items():
-        row[f"eq_error/{stage}"] = float(np.mean(np.asarray(err, np.float64)))
+        row[f"eq_error/{stage}"] = equivariance.matched_mean(err)
     row.update(
         train_time_s=round(float(result["train_time_s"]), 1),
         params=result["params"],
@@ -224,6 +257,11 @@ def summary_row(result: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise sb_flags.FlagError(f"unexpected arguments {argv[1:]}.")
+    if FLAGS.multihost:
+        raise sb_flags.FlagError(
+            "--multihost: benchmarks.stride_ablation trains on one process only; run it "
+            "without --multihost (benchmarks.invariance evaluates across hosts)."
+        )
     sb_flags.check_batch_size(FLAGS.batch_size)
     start = time.perf_counter()
     seeds = [int(s) for s in FLAGS.seeds] if all(s.isdigit() for s in FLAGS.seeds) else None
@@ -243,6 +281,21 @@ def main(argv: list[str]) -> None:
         )
         eval_data = (np.asarray(centred), eval_data[1])
     protos = ablation_protocols(eval_data[0].shape[1:], FLAGS.protocols, FLAGS.max_shift)
+    common = {"name": FLAGS.dataset, "version": train_ds.version, "image_size": FLAGS.image_size}
+    data_identity = {
+        "train": {
+            **common,
+            "split": FLAGS.train_split,
+            "num_images": len(train_data[1]),
+            "sha256": run_identity.digest_arrays(train_data),
+        },
+        "eval": {
+            **common,
+            "split": FLAGS.split,
+            "num_images": len(eval_data[1]),
+            "sha256": run_identity.digest_arrays(eval_data),
+        },
+    }
     eval_config = sb_flags.eval_config_from_flags()
     results = []
     for seed in seeds:
@@ -276,6 +329,7 @@ def main(argv: list[str]) -> None:
                     train_config,
                     eval_config,
                     workdir,
+                    data_identity,
                 )
             )
     if report.is_writer():
@@ -330,11 +384,11 @@ def write_ablation(output_dir: str, results: list[dict[str, Any]], wall_time_s: 
         list(range(1, len(stages) + 1)),
         "stage",
         {
-            n: [float(np.mean(r["equivariance"]["error"][s])) for s in stages]
+            n: [equivariance.matched_mean(r["equivariance"]["error"][s]) for s in stages]
             for n, r in zip(names, results)
         },
         "relative equivariance error",
-        "feature equivariance (circular shifts 1..max_shift)",
+        "feature equivariance (circular shifts, multiples of each stage's stride)",
     )
     columns = ["variant", "seed"] + [c for c in rows[0] if c not in ("variant", "seed")]
     print(report.markdown_table(rows, columns, digits=3))

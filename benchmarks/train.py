@@ -6,8 +6,9 @@
 Determinism: the data order is a pure function of (seed, step) (`batch_indices`), and the
 augmentation key of a step is `fold_in(key, step)`, so a run that is interrupted and resumed from
 its checkpoint sees the same batches, and ends with the same parameters, as one that is not.
-Checkpoints (the latest 2) live in `workdir` with the config they were made with; resuming with a
-different config is refused.
+Checkpoints (the latest 2) live in `workdir` (local or gs://) with the config and the run
+identity (model, data) they were made with; resuming with a different config or identity is
+refused with a message that names what differs.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
+from benchmarks import run_identity
 from benchmarks.augment import AUGMENTATIONS, augment_batch
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
@@ -352,16 +355,30 @@ def _load_state(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
     return manager.restore(step, args=args).state
 
 
+def checkpoint_dir(workdir: str) -> epath.Path:
+    """`workdir` as the absolute path orbax needs: local paths made absolute, gs:// kept."""
+    return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
+
+
 def _restore(
-    manager: ocp.CheckpointManager, state: Any, config: TrainConfig, workdir: str
+    manager: ocp.CheckpointManager,
+    state: Any,
+    config: TrainConfig,
+    identity: dict,
+    workdir: str,
 ) -> tuple[Any, dict]:
     """Loads the latest checkpoint into the structure (and shardings) of `state`.
 
     Raises:
-      ValueError: the checkpoint was made with a different config.
+      ValueError: the checkpoint was made with a different config or run identity.
     """
     step = manager.latest_step()
     meta = _load_meta(manager, step)
+    run_identity.check(
+        meta.get("identity", {}),
+        identity,
+        f"workdir={workdir!r} holds a checkpoint (step {step}) that",
+    )
     given = dataclasses.asdict(config)
     if meta["config"] != given:
         diff = {
@@ -391,10 +408,10 @@ def restore_variables(workdir: str, model: nn.Module, input_shape: tuple[int, ..
     Raises:
       ValueError: workdir holds no checkpoint.
     """
-    if not os.path.isdir(workdir):
+    if not epath.Path(workdir).is_dir():
         raise ValueError(f"workdir={workdir!r} does not exist.")
     options = ocp.CheckpointManagerOptions(read_only=True)
-    with ocp.CheckpointManager(os.path.abspath(workdir), options=options) as manager:
+    with ocp.CheckpointManager(checkpoint_dir(workdir), options=options) as manager:
         step = manager.latest_step()
         if step is None:
             raise ValueError(f"workdir={workdir!r} holds no checkpoint of benchmarks.train.")
@@ -464,6 +481,7 @@ def train(
     *,
     mesh: Mesh | None = None,
     on_step: Callable[[int], None] | None = None,
+    identity: dict | None = None,
 ) -> TrainResult:
     """Trains `model` with softmax cross-entropy, resuming from `workdir` if it holds a checkpoint.
 
@@ -483,13 +501,17 @@ def train(
         replicated. None: the default device.
       on_step: called with the number of completed steps after every step (after that step's
         checkpoint, if any, is queued); an exception it raises stops training and propagates.
+      identity: what else determines the run (model name and fields, data identity and
+        digest); stored with every checkpoint and checked on resume (`run_identity`).
 
     Returns:
       A `TrainResult`.
 
     Raises:
-      ValueError: bad arrays or mesh, or a checkpoint in workdir made with a different config.
+      ValueError: bad arrays or mesh, or a checkpoint in workdir made with a different config
+        or identity.
     """
+    identity = run_identity.jsonable(identity or {})
     images, labels = _check_data(images, labels, config)
     batch_sharding, replicated = _shardings(mesh, config.batch_size)
     canvas = (config.canvas_size, config.canvas_size) if config.augmentation == "embed" else None
@@ -501,11 +523,12 @@ def train(
         "history": [],
         "wall_time_s": 0.0,
         "final_loss": None,
+        "identity": identity,
     }
     options = ocp.CheckpointManagerOptions(max_to_keep=2)
-    with ocp.CheckpointManager(os.path.abspath(workdir), options=options) as manager:
+    with ocp.CheckpointManager(checkpoint_dir(workdir), options=options) as manager:
         if manager.latest_step() is not None:
-            state, meta = _restore(manager, state, config, workdir)
+            state, meta = _restore(manager, state, config, identity, workdir)
         if int(state["step"]) < config.num_steps:
             logging.info(
                 "Training %s from step %d to %d in %s",

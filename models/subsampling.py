@@ -1,7 +1,7 @@
 """The subsampling switch: one strided layer computed four ways, plus padding modes.
 
 Every strided layer (conv, max pool) of a net is written once; a `Subsampler` decides how
-its stride is realised (definitions in shared/docs/SPEC.md):
+its stride is realised (the variants are defined in README.md, "Definitions"):
 
 - ``'subsample'``: the plain layer, stride s (keep every s-th sample).
 - ``'blur'``: the layer at stride 1, then `blur_pool` (Zhang's BlurPool: binomial filter of

@@ -34,8 +34,10 @@ def test_subsample_is_equivariant_exactly_at_multiples_of_the_stride():
             err = eq[stage]["error"][k]
             if dy % s == 0 and dx % s == 0:
                 assert err < 1e-10 and eq[stage]["psnr"][k] > 100, (stage, dy, dx)
-            else:
-                assert err > 1e-3 and eq[stage]["psnr"][k] < 80, (stage, dy, dx, err)
+            else:  # no lattice counterpart: not compared (an ideal net would not score 0)
+                assert np.isnan(err) and np.isnan(eq[stage]["psnr"][k]), (stage, dy, dx)
+    for stage in ("stage1", "stage2", "stage3"):
+        assert equivariance.matched_mean(eq[stage]["error"]) < 1e-10, stage
 
 
 def test_full_variant_is_equivariant_to_every_shift():
@@ -61,6 +63,9 @@ def test_matches_a_direct_computation_and_compiles_once():
     for k, shift in enumerate(SHIFTS):
         moved = feats(variables, np.roll(IMAGES, tuple(shift), axis=(1, 2)))
         for stage, s in strides.items():
+            if any(int(d) % s for d in shift):
+                assert np.isnan(eq[stage]["error"][k])
+                continue
             lattice = tuple(int(d) // s for d in shift)
             ref = np.roll(np.asarray(base[stage]), lattice, axis=(1, 2))
             a = np.asarray(moved[stage], np.float64)

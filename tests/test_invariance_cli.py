@@ -42,6 +42,18 @@ def test_writes_json_csv_and_plots(tmp_path):
     again = _run(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((out / "results.json").read_text())["metrics"] == record["metrics"]
+    assert record["identity"]["data"]["name"] == "digits" and record["identity"]["evaluation"]
+    pairs = list(csv.DictReader((out / "per_pair.csv").open()))
+    assert len(pairs) == 4 and pairs[0]["param_a"] == "-2 -2"
+    # Other weights (another init seed) into the same directory: their own numbers, not the
+    # first run's, and the log says why the saved state was not resumed.
+    other = _run(*args, "--seed=1")
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "belongs to another run" in other.stderr and "weights_sha256" in other.stderr
+    fresh = _run(*args, "--seed=1", f"--output_dir={tmp_path / 'fresh'}")
+    got = json.loads((out / "results.json").read_text())["metrics"]
+    assert got == json.loads((tmp_path / "fresh" / "results.json").read_text())["metrics"]
+    assert got != record["metrics"] and fresh.returncode == 0
 
 
 @pytest.mark.parametrize(

@@ -94,3 +94,75 @@ def test_random_sweep_is_seeded():
 def test_bad_options_name_the_flag(name, kwargs, flag):
     with pytest.raises(protocols.ProtocolError, match=flag):
         protocols.build(name, IMAGE.shape, **kwargs)
+
+
+def test_grid_pairs_are_horizontal_and_vertical_neighbours():
+    # A 3x3 grid, row-major: index = 3 * row + col.
+    proto = protocols.build("circular", IMAGE.shape, sweep="grid", max_shift=1)
+    np.testing.assert_array_equal(
+        proto.pairs(1),
+        [[0, 1], [1, 2], [3, 4], [4, 5], [6, 7], [7, 8]]  # horizontal, row by row
+        + [[0, 3], [1, 4], [2, 5], [3, 6], [4, 7], [5, 8]],  # vertical
+    )
+    np.testing.assert_array_equal(proto.pairs(2), [[0, 2], [3, 5], [6, 8], [0, 6], [1, 7], [2, 8]])
+    # Every pair is one pixel apart along one axis: no (+1, -2) jumps of the flattened grid.
+    steps = np.abs(proto.params[proto.pairs(1)[:, 1]] - proto.params[proto.pairs(1)[:, 0]])
+    np.testing.assert_array_equal(np.sort(steps, axis=1), np.tile([0, 1], (12, 1)))
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, length",
+    [
+        ("crop", {"max_shift": 4}, 5),
+        ("circular", {"sweep": "horizontal", "max_shift": 2}, 5),
+        ("rescale", {"num_scales": 7}, 7),
+        ("rotate", {"angle_max": 2}, 5),
+    ],
+)
+def test_ordered_sweeps_pair_consecutive_entries(name, kwargs, length):
+    proto = protocols.build(name, IMAGE.shape, **kwargs)
+    k = np.arange(length - 1)
+    np.testing.assert_array_equal(proto.pairs(1), np.stack([k, k + 1], axis=1))
+    np.testing.assert_array_equal(proto.pairs(3)[:, 1] - proto.pairs(3)[:, 0], 3)
+
+
+def test_random_sweep_has_no_neighbours():
+    proto = protocols.build("circular", IMAGE.shape, sweep="random", num_random=6)
+    assert proto.pairs(1).shape == (0, 2) and not proto.has_neighbours
+    assert proto.flip_pairs(3).shape == (0, 2)
+
+
+def test_flip_distance_longer_than_the_sweep_names_the_flag():
+    proto = protocols.build("crop", IMAGE.shape, max_shift=4)  # 5 entries
+    assert len(proto.flip_pairs(4)) == 1
+    with pytest.raises(protocols.ProtocolError, match="--flip_distance=5.*1..4"):
+        proto.flip_pairs(5)
+
+
+def test_crop_padding_puts_the_unshifted_image_at_d_0():
+    # CIFAR's protocol: the image zero-padded by 4, 32 px windows at offsets 0..8.
+    proto = protocols.build("crop", IMAGE.shape, crop_padding=4, max_shift=4)
+    out = _sweep(proto)
+    assert out.shape == (9, 32, 32, 3) and proto.params[proto.reference_index].tolist() == [0, 0]
+    np.testing.assert_array_equal(out[proto.reference_index], IMAGE)
+    padded = np.pad(IMAGE, ((4, 4), (4, 4), (0, 0)))
+    for p, o in zip(proto.params.astype(int), out):  # content moved by +d: corner 4 - d
+        np.testing.assert_array_equal(o, padded[4 - p[0] : 36 - p[0], 4 - p[1] : 36 - p[1]])
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, flag",
+    [
+        ("rescale", {"sweep": "grid"}, "--sweep"),
+        ("rotate", {"sweep": "diagonal"}, "--sweep"),
+        ("rescale", {"canvas_size": 40}, "--canvas_size"),
+        ("circular", {"crop_padding": 4}, "--crop_padding"),
+        ("crop", {"embed_size": 8}, "--embed_size"),
+        ("translate", {"shift_step": 0.5}, "--shift_step"),
+        ("inpaint", {"fill": "mean"}, "--fill"),
+        ("crop", {"crop_padding": -1}, "--crop_padding"),
+    ],
+)
+def test_options_a_protocol_does_not_use_are_refused(name, kwargs, flag):
+    with pytest.raises(protocols.ProtocolError, match=flag):
+        protocols.build(name, IMAGE.shape, **kwargs)

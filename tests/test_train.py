@@ -413,6 +413,23 @@ def test_resume_with_other_config_is_refused(reference):
         train(model, *DATA, other, workdir)
 
 
+def test_resume_with_other_data_identity_is_refused(tmp_path):
+    workdir = str(tmp_path / "run")
+    config = dataclasses.replace(FAST, num_steps=2, checkpoint_every=2, log_every=2)
+    digits = {"data": {"name": "digits", "sha256": "aa"}}
+    train(TinyNet(), *DATA, config, workdir, identity=digits)
+    # The same config on other data: refused, naming what differs (never reported as done).
+    mnist = {"data": {"name": "mnist", "sha256": "bb"}}
+    with pytest.raises(ValueError, match=r"another run \(data\.name: stored \"digits\", now"):
+        train(TinyNet(), *DATA, config, workdir, identity=mnist)
+    # A checkpoint without an identity (an older run) is not taken for one with an identity.
+    bare = str(tmp_path / "bare")
+    train(TinyNet(), *DATA, config, bare)
+    with pytest.raises(ValueError, match="data.name"):
+        train(TinyNet(), *DATA, config, bare, identity=mnist)
+    assert train(TinyNet(), *DATA, config, workdir, identity=digits).steps == 2
+
+
 def test_bad_data_and_mesh_are_rejected(tmp_path):
     images, labels = DATA
     cases = [

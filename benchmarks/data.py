@@ -238,11 +238,35 @@ def to_float(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32)
 
 
+def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(h, w) in px of an image of height x width px after its shorter side is resized to `size`.
+
+    torchvision's `Resize(size)` geometry: the shorter side becomes `size`, the longer
+    int(size * long / short) (truncated); a square image becomes size x size.
+    """
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size
+
+
+def is_upscaled(shape: Sequence[int], image_size: int | None) -> bool:
+    """Whether `resize_center_crop(image of shape [H, W, C], image_size)` enlarges the image:
+    its shorter side min(H, W) is below `image_size` px (never when image_size is None)."""
+    return image_size is not None and min(shape[0], shape[1]) < image_size
+
+
 def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
     """Resizes the shorter side to `size` (bilinear, antialiased) and centre-crops size x size.
 
+    As torchvision's `Resize(size)` + `CenterCrop(size)` on a PIL image (and Keras' ImageNet
+    evaluation recipe, resize the shorter side then take the centre): PIL's bilinear resize,
+    whose filter support grows with the downscale factor (antialiased), to `resized_size`,
+    then the window whose top-left corner is round((resized - size) / 2) (Python's round) on
+    each axis. An image already size x size comes back unchanged; one whose shorter side is
+    below `size` is upscaled (`is_upscaled`). Float images are quantised to uint8 first.
+
     Args:
-      image: [H, W, C] uint8 or float.
+      image: [H, W, C] uint8 in 0..255 or float in [0, 1], C = 1 or 3.
       size: output side in pixels.
 
     Returns:
@@ -252,35 +276,85 @@ def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
 
     image = np.asarray(image)
     h, w = image.shape[:2]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    nh, nw = resized_size(h, w, size)
     if image.dtype != np.uint8:
         image = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
     squeeze = image.shape[-1] == 1
     pil = Image.fromarray(image[..., 0] if squeeze else image).resize((nw, nh), Image.BILINEAR)
     out = np.asarray(pil)
     out = out[..., None] if squeeze else out
-    top, left = (nh - size) // 2, (nw - size) // 2
+    top, left = round((nh - size) / 2.0), round((nw - size) / 2.0)
     return to_float(out[top : top + size, left : left + size])
 
 
-def _example(dataset: Dataset, i: int, image_size: int | None) -> tuple[np.ndarray, int]:
+@dataclasses.dataclass
+class ReadCounts:
+    """How many examples `iterate_batches` / `load_arrays` covered, and how many of their images
+    `resize_center_crop` had to enlarge (shorter side below the requested image size).
+
+    Pass one as `counts=` and read it after the iteration. Each call adds the examples it
+    covers (this host's slices only; `global_counts()` sums over hosts). A resumed
+    `iterate_batches` (start_batch > 0) also counts the examples of the batches it skips, by
+    decoding their images once more (no resize), so the count is that of the whole run.
+
+    Attributes:
+      num_read: examples counted.
+      num_upscaled: of those, images whose shorter side was below the image size (0 when no
+        image size is given).
+    """
+
+    num_read: int = 0
+    num_upscaled: int = 0
+
+    def add(self, shape: Sequence[int], image_size: int | None) -> None:
+        """Counts one example whose stored image has shape [H, W, C]."""
+        self.num_read += 1
+        self.num_upscaled += int(is_upscaled(shape, image_size))
+
+    def global_counts(self) -> "ReadCounts":
+        """The counts summed over every process (a collective: every host must call it)."""
+        import jax
+
+        if jax.process_count() == 1:
+            return ReadCounts(self.num_read, self.num_upscaled)
+        from jax.experimental import multihost_utils
+
+        local = np.asarray([self.num_read, self.num_upscaled], np.int64)
+        total = np.asarray(multihost_utils.process_allgather(local)).reshape(-1, 2).sum(0)
+        return ReadCounts(int(total[0]), int(total[1]))
+
+
+def _example(
+    dataset: Dataset, i: int, image_size: int | None, counts: ReadCounts | None = None
+) -> tuple[np.ndarray, int]:
     ex = dataset.source[i]
     image = np.asarray(ex[dataset.image_key])
+    if counts is not None:
+        counts.add(image.shape, image_size)
     image = resize_center_crop(image, image_size) if image_size else to_float(image)
     return image, int(ex[dataset.label_key])
 
 
 def load_arrays(
-    dataset: Dataset, num_images: int | None = None, image_size: int | None = None
+    dataset: Dataset,
+    num_images: int | None = None,
+    image_size: int | None = None,
+    counts: ReadCounts | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reads the first `num_images` examples into memory.
+
+    Args:
+      dataset: an opened `Dataset`.
+      num_images: read this many examples (None = the whole split).
+      image_size: resize shorter side + centre crop to this size in px (`resize_center_crop`;
+        None = keep the stored size, which must then be the same for every image).
+      counts: when given, the examples read and the upscaled images among them are added to it.
 
     Returns:
       images float32 [N, H, W, C] in [0, 1] and labels int32 [N].
     """
     n = len(dataset) if num_images is None else min(num_images, len(dataset))
-    pairs = [_example(dataset, i, image_size) for i in range(n)]
+    pairs = [_example(dataset, i, image_size, counts) for i in range(n)]
     return (
         np.stack([p[0] for p in pairs]).astype(np.float32),
         np.asarray([p[1] for p in pairs], np.int32),
@@ -302,6 +376,7 @@ def iterate_batches(
     process_index: int = 0,
     process_count: int = 1,
     start_batch: int = 0,
+    counts: ReadCounts | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yields this host's part of each global batch, in dataset order.
 
@@ -313,10 +388,13 @@ def iterate_batches(
       dataset: an opened `Dataset`.
       batch_size: global batch size (divisible by process_count).
       num_images: stop after this many examples (None = the whole split).
-      image_size: resize shorter side + centre crop to this size (None = keep the stored size,
-        which must then be the same for every image).
+      image_size: resize shorter side + centre crop to this size in px (`resize_center_crop`;
+        None = keep the stored size, which must then be the same for every image).
       process_index, process_count: this host and the number of hosts.
       start_batch: first global batch to yield (resuming an interrupted evaluation).
+      counts: when given, every example of this host's slices is added to it as it is read
+        (the upscaled images among them); with start_batch > 0 the examples of the skipped
+        batches are counted first, by decoding their images (no resize, nothing yielded).
 
     Yields:
       (images float32 [b, H, W, C], labels int32 [b]) with b <= batch_size // process_count.
@@ -328,10 +406,17 @@ def iterate_batches(
     n = len(dataset) if num_images is None else min(num_images, len(dataset))
     local = batch_size // process_count
     shape = _example(dataset, 0, image_size)[0].shape if n else (0, 0, 0)
-    for start in range(start_batch * batch_size, n, batch_size):
+
+    def local_range(start: int) -> range:
         lo = min(start + process_index * local, n)
-        hi = min(lo + local, n, start + batch_size)
-        pairs = [_example(dataset, i, image_size) for i in range(lo, hi)]
+        return range(lo, min(lo + local, n, start + batch_size))
+
+    if counts is not None:  # the skipped batches of a resumed run: shapes only
+        for start in range(0, min(start_batch * batch_size, n), batch_size):
+            for i in local_range(start):
+                counts.add(np.shape(dataset.source[i][dataset.image_key]), image_size)
+    for start in range(start_batch * batch_size, n, batch_size):
+        pairs = [_example(dataset, i, image_size, counts) for i in local_range(start)]
         if pairs:
             yield (
                 np.stack([p[0] for p in pairs]).astype(np.float32),

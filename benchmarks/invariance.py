@@ -49,6 +49,7 @@ def main(argv: list[str]) -> None:
         classifier.logits, protocol.transform, FLAGS.batch_size, config, classifier.variables
     )
     n = len(dataset) if FLAGS.num_images is None else min(FLAGS.num_images, len(dataset))
+    counts = data.ReadCounts()  # the images --image_size had to upscale
 
     def batches_from(start_batch: int):
         return data.iterate_batches(
@@ -59,6 +60,7 @@ def main(argv: list[str]) -> None:
             jax.process_index(),
             jax.process_count(),
             start_batch=start_batch,
+            counts=counts,
         )
 
     logging.info(
@@ -86,12 +88,17 @@ def main(argv: list[str]) -> None:
         state_path=os.path.join(FLAGS.output_dir, "eval_state.npz"),
         total_batches=-(-n // FLAGS.batch_size),
     )
+    num_upscaled = counts.global_counts().num_upscaled
     if report.is_writer():
-        write_results(FLAGS.output_dir, protocol, classifier, result, time.perf_counter() - start)
+        wall_time_s = time.perf_counter() - start
+        write_results(FLAGS.output_dir, protocol, classifier, result, wall_time_s, num_upscaled)
 
 
-def write_results(output_dir, protocol, classifier, result, wall_time_s) -> None:
-    """results.json, per_param.csv, sweep.png and curves.png of one evaluation."""
+def write_results(output_dir, protocol, classifier, result, wall_time_s, num_upscaled=0) -> None:
+    """results.json, per_param.csv, sweep.png and curves.png of one evaluation.
+
+    num_upscaled: images whose shorter side was below --image_size (enlarged by the resize).
+    """
     config = sb_flags.flag_values()
     config["weights_source"] = classifier.source
     record = {
@@ -108,6 +115,7 @@ def write_results(output_dir, protocol, classifier, result, wall_time_s) -> None
         "identity": result.identity,
         "call_sizes": result.call_sizes,
         "num_images": result.num_images,
+        "num_upscaled": num_upscaled,
         "compile_count": result.compile_count,
         "versions": report.versions(),
         "wall_time_s": wall_time_s,

@@ -35,13 +35,10 @@ from jax.typing import ArrayLike
 
 from benchmarks import run_identity
 from benchmarks.augment import AUGMENTATIONS, augment_batch
+from models.subsampling import is_int
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_real(value: Any) -> bool:
@@ -116,11 +113,11 @@ class TrainConfig:
         )
         for field in ("batch_size", "num_steps", "log_every", "checkpoint_every"):
             value = getattr(self, field)
-            _require(_is_int(value) and value >= 1, field, value, "an int >= 1")
-        _require(_is_int(self.seed) and self.seed >= 0, "seed", self.seed, "an int >= 0")
+            _require(is_int(value) and value >= 1, field, value, "an int >= 1")
+        _require(is_int(self.seed) and self.seed >= 0, "seed", self.seed, "an int >= 0")
         if self.schedule == "warmup_cosine":
             _require(
-                _is_int(self.warmup_steps) and 1 <= self.warmup_steps < self.num_steps,
+                is_int(self.warmup_steps) and 1 <= self.warmup_steps < self.num_steps,
                 "warmup_steps",
                 self.warmup_steps,
                 f"an int in [1, num_steps={self.num_steps}) with schedule='warmup_cosine'",
@@ -142,7 +139,7 @@ class TrainConfig:
             value = getattr(self, field)
             if self.augmentation == kind:
                 _require(
-                    _is_int(value) and value >= 1,
+                    is_int(value) and value >= 1,
                     field,
                     value,
                     f"an int >= 1 with augmentation={kind!r}",
@@ -175,9 +172,7 @@ def steps_for_epochs(epochs: float, num_examples: int, batch_size: int) -> int:
     """Optimizer steps for `epochs` passes over `num_examples`: ceil(epochs * N / batch_size)."""
     if not (_is_real(epochs) and epochs > 0):
         raise ValueError(f"epochs must be a finite number > 0, got {epochs!r}.")
-    if not (
-        _is_int(num_examples) and _is_int(batch_size) and num_examples >= 1 and batch_size >= 1
-    ):
+    if not (is_int(num_examples) and is_int(batch_size) and num_examples >= 1 and batch_size >= 1):
         raise ValueError(
             f"num_examples and batch_size must be ints >= 1, got {num_examples!r}, {batch_size!r}."
         )
@@ -578,7 +573,7 @@ def evaluate_accuracy(
             f"images must be [N, H, W, C] and labels [N] with N >= 1, got "
             f"{images.shape} and {labels.shape}."
         )
-    if not (_is_int(batch_size) and batch_size >= 1):
+    if not (is_int(batch_size) and batch_size >= 1):
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
 
     @jax.jit

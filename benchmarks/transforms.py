@@ -32,6 +32,8 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
+from models.subsampling import check_choice, is_int
+
 EMBED_FILLS = ("zero", "mean", "constant", "inpaint")
 SUBPIXEL_METHODS = ("fourier", "lanczos3", "bilinear")
 RESCALE_METHODS = ("bilinear", "nearest")
@@ -44,15 +46,6 @@ _BLUR_RADIUS = 5
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def _choice(name: str, value, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _number(name: str, value) -> float | int:
@@ -69,7 +62,7 @@ def _size(name: str, value) -> tuple[int, int]:
     if not (
         isinstance(value, (tuple, list))
         and len(value) == 2
-        and all(_is_int(v) and v > 0 for v in value)
+        and all(is_int(v) and v > 0 for v in value)
     ):
         raise ValueError(f"{name} must be a pair of positive ints (h, w), got {value!r}")
     return int(value[0]), int(value[1])
@@ -204,7 +197,7 @@ def inpaint(image: ArrayLike, mask: ArrayLike, *, iters: int | None = None) -> j
         raise ValueError(f"mask must have shape {(height, width)}, got shape {mask.shape}")
     if iters is None:
         iters = inpaint_iters_needed(max(height, width) - 1)
-    if not _is_int(iters) or iters < 0:
+    if not is_int(iters) or iters < 0:
         raise ValueError(f"iters must be a non-negative int or None, got {iters!r}")
     known = (mask != 0)[..., None]
 
@@ -258,9 +251,9 @@ def embed(
     h, w = _size("image_size", image_size)
     if h > canvas_h or w > canvas_w:
         raise ValueError(f"image_size {(h, w)} must not exceed canvas_size {canvas_size}")
-    _choice("fill", fill, EMBED_FILLS)
+    check_choice("fill", fill, EMBED_FILLS)
     _number("fill_value", fill_value)
-    if inpaint_iters is not None and (not _is_int(inpaint_iters) or inpaint_iters < 1):
+    if inpaint_iters is not None and (not is_int(inpaint_iters) or inpaint_iters < 1):
         raise ValueError(f"inpaint_iters must be a positive int or None, got {inpaint_iters!r}")
     offset = _param("offset", offset, 2, integer=True)
     offset = _checked_offset(offset, (canvas_h - h, canvas_w - w))
@@ -380,7 +373,7 @@ def subpixel_shift(
       [H, W, C] float32.
     """
     image = _image(image)
-    _choice("method", method, SUBPIXEL_METHODS)
+    check_choice("method", method, SUBPIXEL_METHODS)
     fill = float(_number("fill", fill))
     shift = _param("shift", shift, 2, integer=False)
     if method == "fourier":
@@ -443,7 +436,7 @@ def rescale(
       [H, W, C] float32.
     """
     image = _image(image)
-    _choice("method", method, RESCALE_METHODS)
+    check_choice("method", method, RESCALE_METHODS)
     fill = float(_number("fill", fill))
     scale = _param("scale", scale, 1, integer=False)[0]
     if _is_concrete(scale) and not scale > 0:
@@ -485,7 +478,7 @@ def _inclusive_range(start, stop, step) -> np.ndarray:
         raise ValueError(f"step must be > 0, got {step!r}")
     if not stop >= start:
         raise ValueError(f"stop must be >= start, got start={start!r}, stop={stop!r}")
-    if all(_is_int(v) for v in (start, stop, step)):
+    if all(is_int(v) for v in (start, stop, step)):
         return np.arange(start, stop + 1, step, dtype=np.int32)
     # The tolerance keeps stop when (stop - start) / step is an integer up to rounding.
     count = math.floor((stop - start) / step + 1e-6) + 1
@@ -504,7 +497,7 @@ def line(start: float, stop: float, step: float, axis: str = "x") -> np.ndarray:
       [T, 2] for 'x'/'y', [T, 1] for 'scalar'; int32 if start, stop, step are all ints,
       float32 otherwise.
     """
-    _choice("axis", axis, LINE_AXES)
+    check_choice("axis", axis, LINE_AXES)
     values = _inclusive_range(start, stop, step)
     if axis == "scalar":
         return values[:, None]
@@ -546,14 +539,14 @@ def random_offsets(seed: int, num: int, low, high) -> np.ndarray:
     Returns:
       int32 [num, 2].
     """
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    if not _is_int(num) or num < 1:
+    if not is_int(num) or num < 1:
         raise ValueError(f"num must be a positive int, got {num!r}")
     bounds = {}
     for name, value in (("low", low), ("high", high)):
         array = np.asarray(value)
-        if array.shape not in ((), (2,)) or not all(_is_int(v) for v in array.ravel().tolist()):
+        if array.shape not in ((), (2,)) or not all(is_int(v) for v in array.ravel().tolist()):
             raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
         bounds[name] = np.broadcast_to(array, (2,))
     if np.any(bounds["high"] < bounds["low"]):

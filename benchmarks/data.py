@@ -258,11 +258,11 @@ def is_upscaled(shape: Sequence[int], image_size: int | None) -> bool:
 def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
     """Resizes the shorter side to `size` (bilinear, antialiased) and centre-crops size x size.
 
-    As torchvision's `Resize(size)` + `CenterCrop(size)` on a PIL image (and Keras' ImageNet
-    evaluation recipe, resize the shorter side then take the centre): PIL's bilinear resize,
-    whose filter support grows with the downscale factor (antialiased), to `resized_size`,
-    then the window whose top-left corner is round((resized - size) / 2) (Python's round) on
-    each axis. An image already size x size comes back unchanged; one whose shorter side is
+    As torchvision's `Resize(size)` + `CenterCrop(size)` on a PIL image (the usual ImageNet
+    evaluation recipe, also used with the Keras models): PIL's bilinear resize, whose filter
+    support grows with the downscale factor (antialiased), to `resized_size`, then the window
+    whose top-left corner is round((resized - size) / 2) (Python's round) on each axis. A uint8
+    image already size x size comes back unchanged (as `to_float`); one whose shorter side is
     below `size` is upscaled (`is_upscaled`). Float images are quantised to uint8 first.
 
     Args:
@@ -311,7 +311,7 @@ class ReadCounts:
         self.num_read += 1
         self.num_upscaled += int(is_upscaled(shape, image_size))
 
-    def global_counts(self) -> "ReadCounts":
+    def global_counts(self) -> ReadCounts:
         """The counts summed over every process (a collective: every host must call it)."""
         import jax
 

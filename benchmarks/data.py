@@ -368,6 +368,40 @@ def example_shape(dataset: Dataset, image_size: int | None = None) -> tuple[int,
     return _example(dataset, 0, image_size)[0].shape
 
 
+def _host_range(start: int, n: int, batch_size: int, process_index: int, process_count: int):
+    """The examples of global batch [start, start + batch_size) that host `process_index` of
+    `process_count` reads: its equal slice, clipped to the n examples."""
+    local = batch_size // process_count
+    lo = min(start + process_index * local, n)
+    return range(lo, min(lo + local, n, start + batch_size))
+
+
+def local_batches(
+    images: np.ndarray, labels: np.ndarray, batch_size: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """This process's slice of every global batch of in-memory arrays, as `iterate_batches`
+    slices a dataset (what `evaluate.Evaluator.run` takes on each host).
+
+    Args:
+      images: [N, H, W, C], the same on every process.
+      labels: [N].
+      batch_size: global batch size, divisible by `jax.process_count()`.
+
+    Returns:
+      [(images [b, H, W, C], labels [b])] per global batch, b <= batch_size / process_count.
+    """
+    import jax
+
+    p, count = jax.process_index(), jax.process_count()
+    if batch_size % count:
+        raise ValueError(f"batch_size={batch_size} is not divisible by the process count {count}.")
+    out = []
+    for start in range(0, len(labels), batch_size):
+        r = _host_range(start, len(labels), batch_size, p, count)
+        out.append((images[r.start : r.stop], labels[r.start : r.stop]))
+    return out
+
+
 def iterate_batches(
     dataset: Dataset,
     batch_size: int,
@@ -404,12 +438,10 @@ def iterate_batches(
             f"batch_size={batch_size} is not divisible by the process count {process_count}."
         )
     n = len(dataset) if num_images is None else min(num_images, len(dataset))
-    local = batch_size // process_count
     shape = _example(dataset, 0, image_size)[0].shape if n else (0, 0, 0)
 
     def local_range(start: int) -> range:
-        lo = min(start + process_index * local, n)
-        return range(lo, min(lo + local, n, start + batch_size))
+        return _host_range(start, n, batch_size, process_index, process_count)
 
     if counts is not None:  # the skipped batches of a resumed run: shapes only
         for start in range(0, min(start_batch * batch_size, n), batch_size):

@@ -38,6 +38,7 @@ from absl import flags, logging
 from benchmarks import (
     bias_stats,
     classifiers,
+    cluster,
     data,
     evaluate,
     protocols,
@@ -52,6 +53,7 @@ FLAGS = flags.FLAGS
 
 sb_flags.define_data_flags(default_split="test")
 sb_flags.define_eval_flags(default_output_dir="runs/dataset_bias")
+cluster.define_flags()
 sb_flags.define_model_flags(default_model="vgg_small")
 FLAGS.set_default("width", 8)
 flags.DEFINE_enum("mode", "stats", ["stats", "experiment"], "Box statistics or the experiment.")
@@ -265,8 +267,7 @@ def evaluate_positions(
     """Accuracy and P(top-1 change) of the test digits at each distance r (averaged over the
     positions at r; stderr is the mean of their standard errors, an upper bound of the
     standard error of the average whatever the correlation between positions)."""
-    bs = evaluator.batch_size
-    batches = [(test[0][i : i + bs], test[1][i : i + bs]) for i in range(0, len(test[1]), bs)]
+    batches = data.local_batches(*test, evaluator.batch_size)
     rows = []
     for r in geo.offsets:
         positions = bias_stats.ring_offsets(r, geo.num_directions)
@@ -343,7 +344,7 @@ def run_bias(
         "images_sha256": run_identity.digest_arrays((images, labels)),
     }
     trained = sb_flags.train_in_output_dir(model, images, labels, config, workdir, train_identity)
-    clf = classifiers.Classifier(model, trained.variables, f"checkpoint:{workdir}")
+    clf = classifiers.Classifier(model, jax.device_get(trained.variables), f"checkpoint:{workdir}")
     protocol = bias_stats.placement_protocol(
         test_boxes[0].shape[1:], geo.canvas_size, geo.digit_size
     )
@@ -475,11 +476,7 @@ def write_experiment(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise sb_flags.FlagError(f"unexpected arguments {argv[1:]}.")
-    if FLAGS.multihost:
-        raise sb_flags.FlagError(
-            "--multihost: benchmarks.dataset_bias runs on one process only; run it without "
-            "--multihost."
-        )
+    cluster.initialize_from_flags()
     if FLAGS.mode == "stats":
         run_stats()
     else:

@@ -717,25 +717,11 @@ def _state_from_bytes(data: bytes) -> _State:
         )
 
 
-def _read_state_bytes(path: str) -> bytes | None:
-    """Process 0 reads the state; the other processes receive its bytes (resume in step)."""
-    data = report.read_bytes(path) if jax.process_index() == 0 else None
-    if jax.process_count() == 1:
-        return data
-    from jax.experimental import multihost_utils
-
-    size = int(multihost_utils.broadcast_one_to_all(np.int64(-1 if data is None else len(data))))
-    if size < 0:
-        return None
-    buf = np.frombuffer(data, np.uint8) if data is not None else np.zeros(size, np.uint8)
-    return np.asarray(multihost_utils.broadcast_one_to_all(buf)).tobytes()
-
-
 def _resume(path: str | None, identity: dict) -> _State:
     """The saved state at `path` when it has `identity`, else a fresh one (logged)."""
     identity = run_identity.jsonable(identity)
     fresh = _State(identity=identity)
-    data = _read_state_bytes(path) if path else None
+    data = report.read_bytes_shared(path) if path else None
     if data is None:
         return fresh
     try:
@@ -755,9 +741,8 @@ def _resume(path: str | None, identity: dict) -> _State:
 
 
 def _save_state(path: str, state: _State) -> None:
-    """Atomically writes the running sums as npz (process 0 only)."""
-    if jax.process_index() == 0:
-        report.write_bytes(path, _state_bytes(state))
+    """Atomically writes the running sums as npz (process 0 only: `report.write_bytes`)."""
+    report.write_bytes(path, _state_bytes(state))
 
 
 def evaluate(

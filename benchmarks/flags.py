@@ -124,7 +124,7 @@ def define_protocol_flags() -> None:
 
 def define_eval_flags(default_output_dir: str = "runs/invariance") -> None:
     """--seed, --chunk_size, --images_per_call, --num_pairs, --worst_of_k, --flip_distance,
-    --output_dir, --multihost."""
+    --output_dir."""
     flags.DEFINE_integer("seed", 0, "Seed of per-image random draws and of training.")
     flags.DEFINE_integer(
         "chunk_size",
@@ -162,7 +162,6 @@ def define_eval_flags(default_output_dir: str = "runs/invariance") -> None:
         lower_bound=1,
     )
     flags.DEFINE_string("output_dir", default_output_dir, "Where results are written.")
-    flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (Cloud TPU pods).")
 
 
 def define_model_flags(default_model: str = "resnet20") -> None:
@@ -232,19 +231,36 @@ def classifier_from_flags(num_classes: int, input_shape: tuple[int, int, int]):
 
 
 def train_in_output_dir(model, images, labels, config, workdir: str, identity: dict):
-    """`benchmarks.train.train` into `workdir` (under --output_dir) with the run `identity`;
-    a checkpoint there of another run is refused as one FlagError line naming what differs.
+    """`benchmarks.train.train` into `workdir` (under --output_dir) with the run `identity`,
+    its batches split over every device of every process (`evaluate.default_mesh`); a
+    checkpoint there of another run is refused as one FlagError line naming what differs.
 
     Returns:
       The `TrainResult`.
+
+    Raises:
+      FlagError: --train_batch_size does not split over the devices, or the identity differs.
     """
     import os
 
-    from benchmarks import run_identity, train
+    import jax
 
+    from benchmarks import evaluate, run_identity, train
+
+    if config.batch_size % jax.device_count():
+        raise FlagError(
+            f"--train_batch_size={config.batch_size} is not divisible by the number of devices "
+            f"({jax.device_count()})."
+        )
     try:
         return train.train(
-            model, images, labels, config, os.path.join(workdir, "checkpoint"), identity=identity
+            model,
+            images,
+            labels,
+            config,
+            os.path.join(workdir, "checkpoint"),
+            mesh=evaluate.default_mesh(),
+            identity=identity,
         )
     except run_identity.IdentityMismatch as e:
         raise FlagError(f"--output_dir={FLAGS.output_dir}: {e} Use a new --output_dir.") from None

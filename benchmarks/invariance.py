@@ -21,7 +21,7 @@ import time
 import jax
 from absl import flags, logging
 
-from benchmarks import data, evaluate, report
+from benchmarks import cluster, data, evaluate, report
 from benchmarks import flags as sb_flags
 
 FLAGS = flags.FLAGS
@@ -29,14 +29,14 @@ FLAGS = flags.FLAGS
 sb_flags.define_data_flags()
 sb_flags.define_protocol_flags()
 sb_flags.define_eval_flags()
+cluster.define_flags()
 sb_flags.define_model_flags()
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise sb_flags.FlagError(f"unexpected arguments {argv[1:]}.")
-    if FLAGS.multihost:
-        jax.distributed.initialize()
+    cluster.initialize_from_flags()
     sb_flags.check_batch_size(FLAGS.batch_size)
     start = time.perf_counter()
     dataset = data.open_dataset(FLAGS.dataset, FLAGS.split, FLAGS.data_dir)

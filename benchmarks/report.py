@@ -56,7 +56,11 @@ def versions() -> dict[str, str]:
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    """Writes `data` to `path` (local or gs://) atomically: a temporary file, then a rename."""
+    """Writes `data` to `path` (local or gs://) atomically: a temporary file, then a rename.
+    Only process 0 writes (`is_writer`); on the other processes of a multi-host run this is a
+    no-op, so every writer below is safe to call from all of them."""
+    if not is_writer():
+        return
     target = epath.Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f"{target.name}.tmp{os.getpid()}"
@@ -70,6 +74,23 @@ def read_bytes(path: str) -> bytes | None:
     return target.read_bytes() if target.exists() else None
 
 
+def read_bytes_shared(path: str) -> bytes | None:
+    """`read_bytes` on process 0, its result broadcast to every process: all processes of a
+    multi-host run see the same file (or its absence) even when their disks differ."""
+    import jax
+
+    data = read_bytes(path) if is_writer() else None
+    if jax.process_count() == 1:
+        return data
+    from jax.experimental import multihost_utils
+
+    size = int(multihost_utils.broadcast_one_to_all(np.int64(-1 if data is None else len(data))))
+    if size < 0:
+        return None
+    buf = np.frombuffer(data, np.uint8) if data is not None else np.zeros(size, np.uint8)
+    return np.asarray(multihost_utils.broadcast_one_to_all(buf)).tobytes()
+
+
 def write_json(path: str, record: Mapping[str, Any]) -> None:
     """Writes `record` (numpy values converted) as indented JSON."""
     text = json.dumps(jsonable(record), indent=2, sort_keys=False) + "\n"
@@ -77,8 +98,9 @@ def write_json(path: str, record: Mapping[str, Any]) -> None:
 
 
 def read_json(path: str) -> dict[str, Any] | None:
-    """The JSON at `path`, or None when there is none."""
-    data = read_bytes(path)
+    """The JSON at `path`, or None when there is none; read by process 0 and shared with the
+    other processes (`read_bytes_shared`), so every process takes the same branch."""
+    data = read_bytes_shared(path)
     return None if data is None else json.loads(data)
 
 

@@ -6,11 +6,13 @@
 
 For every variant (default subsample, blur, aps, full) and seed, trains the same model with
 optax (resuming from, or returning, its checkpoint in --output_dir), evaluates it under each
-protocol (default: crop and embed shifts in 1-pixel steps, and a grid of circular shifts) and
+protocol (default: crop and embed shifts in 1-pixel steps, and a grid of circular shifts; also
+`translate`, whose table splits accuracy and P(top-1 change) at --aug_max_shift) and
 measures its per-stage feature equivariance. Writes ablation.json, ablation.csv, a markdown
-table (printed), metrics.png (each metric per variant), curves.png (true-class probability
-against the crop shift for a few images, as Azulay & Weiss' Figure 1) and equivariance.png
-(error against depth). A variant whose training and evaluation are finished is not redone.
+table (printed; with several --seeds also mean +- std over them, in ablation_seeds.csv),
+metrics.png (each metric per variant), curves.png (true-class probability against the first
+protocol's shift for a few images, as Azulay & Weiss' Figure 1) and equivariance.png (error
+against depth). A variant whose training and evaluation are finished is not redone.
 
 Variants: 'subsample', 'blur' (BlurPool, size --blur_size), 'blur:K' (size K), 'aps', 'full'
 (no subsampling anywhere), 'full:K' (subsampling removed from the last K stages only).
@@ -29,8 +31,10 @@ import numpy as np
 from absl import flags, logging
 
 from benchmarks import (
+    ablation_summary,
     augment,
     classifiers,
+    cluster,
     data,
     equivariance,
     evaluate,
@@ -45,6 +49,7 @@ FLAGS = flags.FLAGS
 
 sb_flags.define_data_flags(default_split="test")
 sb_flags.define_eval_flags(default_output_dir="runs/ablation")
+cluster.define_flags()
 sb_flags.define_model_flags(default_model="vgg_small")
 flags.DEFINE_string("train_split", "train", "Split to train on (TFDS slicing honoured).")
 flags.DEFINE_integer(
@@ -75,8 +80,6 @@ flags.DEFINE_integer(
     "equivariance_images", 64, "Images for the feature-equivariance metric.", lower_bound=1
 )
 
-TABLE_METRICS = ("accuracy", "p_top1_change", "mac", "consistency", "worst_case_accuracy")
-
 
 def parse_variant(spec: str, blur_size: int) -> dict[str, Any]:
     """'blur:3' -> model fields {'stride_mode': 'blur', 'blur_size': 3}; see module docstring."""
@@ -100,10 +103,13 @@ def ablation_protocols(image_shape: tuple[int, int, int], names: list[str], max_
     crop: windows of H - max_shift px at diagonal offsets 0..max_shift (Azulay's crop);
     embed: the image downscaled to H - max_shift px at diagonal positions 0..max_shift of an
     H px black canvas (Azulay's "black"); circular: a grid of wrap-around shifts
-    -max_shift/2..max_shift/2 on both axes.
+    -max_shift/2..max_shift/2 on both axes; translate: the whole image moved by diagonal
+    shifts -max_shift..max_shift with zero fill (what `--augmentation=crop` trains on, within
+    its `--aug_max_shift`), 2 * max_shift + 1 positions.
     """
     h, half = image_shape[0], max_shift // 2
     options = {
+        "translate": dict(min_shift=-max_shift, max_shift=max_shift),
         "crop": dict(min_shift=0, max_shift=max_shift, crop_size=h - max_shift),
         "embed": dict(min_shift=-half, max_shift=max_shift - half, embed_size=h - max_shift),
         "circular": dict(sweep="grid", max_shift=half, min_shift=-half),
@@ -114,13 +120,6 @@ def ablation_protocols(image_shape: tuple[int, int, int], names: list[str], max_
             raise sb_flags.FlagError(f"--protocols: {name!r} is not one of {sorted(options)}.")
         out[name] = protocols.build(name, image_shape, **options[name])
     return out
-
-
-def _batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
-    return [
-        (images[i : i + batch_size], labels[i : i + batch_size])
-        for i in range(0, len(labels), batch_size)
-    ]
 
 
 def _flops(classifier: classifiers.Classifier, shape: tuple[int, ...]) -> float:
@@ -178,7 +177,8 @@ def run_variant(
     trained = sb_flags.train_in_output_dir(
         model, *train_data, train_config, workdir, train_identity
     )
-    clf = classifiers.Classifier(model, trained.variables, f"checkpoint:{workdir}")
+    # A host copy: the same on every process, usable by the single-process jits below.
+    clf = classifiers.Classifier(model, jax.device_get(trained.variables), f"checkpoint:{workdir}")
     result: dict[str, Any] = {
         "variant": spec,
         "seed": seed,
@@ -194,7 +194,7 @@ def run_variant(
             clf.logits, proto.transform, FLAGS.batch_size, eval_config, clf.variables
         )
         res = ev.run(
-            _batches(*eval_data, FLAGS.batch_size),
+            data.local_batches(*eval_data, FLAGS.batch_size),
             proto.params,
             proto.reference_index,
             pairs=proto.pairs(1),
@@ -231,30 +231,10 @@ def run_variant(
     return result
 
 
-def summary_row(result: dict[str, Any]) -> dict[str, Any]:
-    """One flat row of the ablation table for one variant and seed."""
-    row = {"variant": result["variant"], "seed": result["seed"]}
-    for name, proto in result["protocols"].items():
-        for metric in TABLE_METRICS:
-            row[f"{name}/{metric}"] = float(proto["metrics"][metric])
-    for stage, err in result["equivariance"]["error"].items():
-        row[f"eq_error/{stage}"] = equivariance.matched_mean(err)
-    row.update(
-        train_time_s=round(float(result["train_time_s"]), 1),
-        params=result["params"],
-        mflops=round(result["flops"] / 1e6, 2),
-    )
-    return row
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise sb_flags.FlagError(f"unexpected arguments {argv[1:]}.")
-    if FLAGS.multihost:
-        raise sb_flags.FlagError(
-            "--multihost: benchmarks.stride_ablation trains on one process only; run it "
-            "without --multihost (benchmarks.invariance evaluates across hosts)."
-        )
+    cluster.initialize_from_flags()
     sb_flags.check_batch_size(FLAGS.batch_size)
     start = time.perf_counter()
     seeds = [int(s) for s in FLAGS.seeds] if all(s.isdigit() for s in FLAGS.seeds) else None
@@ -331,8 +311,9 @@ def main(argv: list[str]) -> None:
 
 def write_ablation(output_dir: str, results: list[dict[str, Any]], wall_time_s: float) -> None:
     """ablation.json, ablation.csv, the markdown table and the PNG plots."""
-    rows = [summary_row(r) for r in results]
     config = sb_flags.flag_values()
+    rows = [ablation_summary.summary_row(r, config["aug_max_shift"]) for r in results]
+    seeds = ablation_summary.over_seeds(rows) if len({r["seed"] for r in rows}) > 1 else []
     report.write_json(
         os.path.join(output_dir, "ablation.json"),
         {
@@ -344,19 +325,24 @@ def write_ablation(output_dir: str, results: list[dict[str, Any]], wall_time_s: 
                 for r in results
             },
             "table": rows,
+            "over_seeds": seeds,
             "versions": report.versions(),
             "wall_time_s": wall_time_s,
         },
     )
     report.write_csv(os.path.join(output_dir, "ablation.csv"), rows)
+    if seeds:
+        report.write_csv(os.path.join(output_dir, "ablation_seeds.csv"), seeds)
     names = [f"{r['variant']}/s{r['seed']}" for r in results]
-    metric_cols = [c for c in rows[0] if "/" in c and not c.startswith("eq_error")]
+    metric_cols = [
+        f"{p}/{m}" for p in results[0]["protocols"] for m in ablation_summary.TABLE_METRICS
+    ]
     report.plot_bars(
         os.path.join(output_dir, "metrics.png"),
         names,
         {c: [row[c] for row in rows] for c in metric_cols},
         title=f"{config['model']} on {config['dataset']}",
-        ncols=len(TABLE_METRICS),
+        ncols=len(ablation_summary.TABLE_METRICS),
     )
     first = next(iter(results[0]["protocols"]))
     proto = results[0]["protocols"][first]
@@ -385,6 +371,9 @@ def write_ablation(output_dir: str, results: list[dict[str, Any]], wall_time_s: 
     )
     columns = ["variant", "seed"] + [c for c in rows[0] if c not in ("variant", "seed")]
     print(report.markdown_table(rows, columns, digits=3))
+    if seeds:
+        print(f"\nmean +- std over {seeds[0]['seeds']} seeds:")
+        print(ablation_summary.mean_std_table(seeds, [c for c in columns[2:] if "/" in c]))
     logging.info("wrote %s in %.0f s", output_dir, wall_time_s)
 
 

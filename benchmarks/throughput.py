@@ -63,7 +63,7 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from benchmarks import classifiers, evaluate, fastpath, protocols, report
+from benchmarks import classifiers, cluster, data, evaluate, fastpath, protocols, report
 from benchmarks import flags as sb_flags
 
 FLAGS = flags.FLAGS
@@ -147,6 +147,7 @@ flags.DEFINE_integer("torch_threads", None, "torch.set_num_threads (default: tor
 flags.DEFINE_bool("profile", False, "Profile one evaluator round per XLA op.")
 flags.DEFINE_integer("seed", 0, "Seed of images, labels and weights.")
 flags.DEFINE_string("output_dir", "runs/throughput", "Where throughput.json is written.")
+cluster.define_flags()
 
 
 # --- compile accounting ----------------------------------------------------------------------
@@ -192,6 +193,11 @@ class Workload:
     variables: Any  # its variables
     batches: list[tuple[np.ndarray, np.ndarray]]  # [(images [B, S, S, 3], labels [B])]
     batch_size: int
+
+    @property
+    def host_batches(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """This process's slice of every batch (the evaluator's input; all of it on 1 host)."""
+        return [data.local_batches(x, y, self.batch_size)[0] for x, y in self.batches]
 
     @property
     def work(self) -> int:
@@ -267,7 +273,9 @@ def make_evaluator(
     )
 
     def run():
-        result = ev.run(w.batches, w.protocol.params, w.protocol.reference_index, progress_every=0)
+        result = ev.run(
+            w.host_batches, w.protocol.params, w.protocol.reference_index, progress_every=0
+        )
         return result.accuracy_per_param
 
     return ev, run
@@ -368,10 +376,10 @@ def scaling_transforms(
     for factor in factors:
         params = np.resize(w.protocol.params, (base * factor, w.protocol.params.shape[1]))
         mark = len(_EVENTS)
-        ev.run(w.batches[:1], params, 0, progress_every=0)  # compile
+        ev.run(w.host_batches[:1], params, 0, progress_every=0)  # compile
         compiles, compile_s = _compiles_since(mark)
         start = time.perf_counter()
-        ev.run(w.batches[:1], params, 0, progress_every=0)
+        ev.run(w.host_batches[:1], params, 0, progress_every=0)
         seconds = time.perf_counter() - start
         rows.append(
             {
@@ -703,12 +711,24 @@ def main(argv: list[str]) -> None:
             raise sb_flags.FlagError(f"--{flag}={','.join(values)}: choose from {list(allowed)}.")
     if "evaluator" not in FLAGS.variants:
         raise sb_flags.FlagError("--variants must include 'evaluator' (the ratios' numerator).")
+    if FLAGS.multihost:  # the peers are one-device programs; only (a) spans processes
+        if FLAGS.variants != ["evaluator"]:
+            raise sb_flags.FlagError(
+                f"--variants={','.join(FLAGS.variants)}: across processes only 'evaluator' "
+                "runs (the other variants are one-device peers); pass --variants=evaluator."
+            )
+        if FLAGS.device_counts:
+            raise sb_flags.FlagError(
+                "--device_counts starts one-process children; pass --device_counts= with "
+                "--multihost."
+            )
     for flag in ("scaling_factors", "device_counts"):
         values = getattr(FLAGS, flag)
         if not all(v.isdigit() and int(v) > 0 for v in values):
             raise sb_flags.FlagError(f"--{flag}={','.join(values)}: positive integers expected.")
     if FLAGS.xla_tuning:
         fastpath.configure_xla_cpu()  # before the first device query starts the backend
+    cluster.initialize_from_flags()
     if FLAGS.torch_passive_wait:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP
     jax.monitoring.register_event_duration_secs_listener(_listen)
@@ -730,8 +750,9 @@ def main(argv: list[str]) -> None:
         logging.info("measuring %s", name)
         record["protocols"][name] = measure(name)
     record["load_average"] = {"start": load_start, "end": os.getloadavg()}
-    if report.is_writer():
-        report.write_json(os.path.join(FLAGS.output_dir, "throughput.json"), record)
+    if not report.is_writer():
+        return
+    report.write_json(os.path.join(FLAGS.output_dir, "throughput.json"), record)
     print_tables(record)
     print(
         f"\nload average (1, 5, 15 min) at start {load_start}, at end {os.getloadavg()}; "

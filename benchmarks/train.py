@@ -331,12 +331,42 @@ def _cached_train_step(
     return _train_step(model, config, replicated)
 
 
-def _init_state(model: nn.Module, config: TrainConfig, input_shape: tuple[int, ...]) -> dict:
-    """A fresh training state {'step', 'variables', 'opt_state'} for inputs of shape (H, W, C)."""
-    init_key = jax.random.split(jax.random.PRNGKey(config.seed))[0]
-    variables = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
-    opt_state = make_optimizer(config).init(variables["params"])
-    return {"step": jnp.zeros((), jnp.int32), "variables": variables, "opt_state": opt_state}
+def _init_state(
+    model: nn.Module,
+    config: TrainConfig,
+    input_shape: tuple[int, ...],
+    replicated: NamedSharding | None = None,
+) -> dict:
+    """A fresh training state {'step', 'variables', 'opt_state'} for inputs of shape (H, W, C).
+
+    With `replicated`, the state is created by one jitted call directly in that sharding, so
+    every array is a global array on the mesh (as a multi-process run and orbax need), never
+    a single-device one; without it, on the default device.
+    """
+
+    def init():
+        init_key = jax.random.split(jax.random.PRNGKey(config.seed))[0]
+        variables = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+        opt_state = make_optimizer(config).init(variables["params"])
+        return {"step": jnp.zeros((), jnp.int32), "variables": variables, "opt_state": opt_state}
+
+    return init() if replicated is None else jax.jit(init, out_shardings=replicated)()
+
+
+def _device_batch(
+    images: np.ndarray, labels: np.ndarray, idx: np.ndarray, sharding: NamedSharding | None
+) -> tuple[jax.Array, jax.Array]:
+    """The batch images[idx], labels[idx] on the devices: split over `sharding`'s batch axis,
+    each process gathering and copying only the rows of its own devices; or on the default
+    device without a sharding."""
+    if sharding is None:
+        return jax.device_put((images[idx], labels[idx]))
+    return tuple(
+        jax.make_array_from_callback(
+            (len(idx), *a.shape[1:]), sharding, lambda index, a=a: a[idx[index[0]]]
+        )
+        for a in (images, labels)
+    )
 
 
 def _load_meta(manager: ocp.CheckpointManager, step: int) -> dict:
@@ -435,7 +465,7 @@ def _run_steps(
     wall_before, step_log = meta["wall_time_s"], start
     for step in range(start, config.num_steps):
         idx = batch_indices(config.seed, step, len(labels), config.batch_size)
-        state, loss = step_fn(state, *jax.device_put((images[idx], labels[idx]), batch_sharding))
+        state, loss = step_fn(state, *_device_batch(images, labels, idx, batch_sharding))
         done = step + 1
         if done % config.log_every == 0 or done == config.num_steps:
             loss_value, now = float(loss), time.perf_counter()
@@ -493,7 +523,10 @@ def train(
       config: the run (also checked against the checkpoint's config on resume).
       workdir: directory for the checkpoints (created if missing); one run per directory.
       mesh: optional mesh with an axis 'batch': batches are split over it and the state is
-        replicated. None: the default device.
+        replicated. It may span several processes (`jax.distributed`): every process then
+        calls `train` with the same arguments (the same host arrays), feeds the rows of its
+        own devices, and takes part in every checkpoint save and restore (workdir must be
+        one directory they all see, e.g. gs://). None: the default device.
       on_step: called with the number of completed steps after every step (after that step's
         checkpoint, if any, is queued); an exception it raises stops training and propagates.
       identity: what else determines the run (model name and fields, data identity and
@@ -511,8 +544,7 @@ def train(
     batch_sharding, replicated = _shardings(mesh, config.batch_size)
     canvas = (config.canvas_size, config.canvas_size) if config.augmentation == "embed" else None
     input_shape = (*(canvas or images.shape[1:3]), images.shape[3])
-    state = _init_state(model, config, input_shape)
-    state = jax.device_put(state, replicated)
+    state = _init_state(model, config, input_shape, replicated)
     meta = {
         "config": dataclasses.asdict(config),
         "history": [],

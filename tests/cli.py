@@ -8,15 +8,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_TFDS = os.path.join(ROOT, "..", "shared", "data", "tfds")
 
 
-def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`python -m module args...` from the repository root on the CPU; returns the process."""
+def run_module(
+    module: str, *args: str, timeout: float = 600, devices: int | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m module args...` from the repository root on the CPU (with `devices`
+    simulated CPU devices when given); returns the process."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    if devices is not None:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=timeout,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        env=env,
     )
 
 

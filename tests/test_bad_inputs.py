@@ -41,24 +41,35 @@ CASES = {
         (["--fill_value=abc"], "--fill_value"),
         (["--memory_budget_mb=0"], "--memory_budget_mb"),
         (["stray"], "unexpected arguments"),
+        (["--coordinator_address=localhost:1234"], "--coordinator_address"),
+        (["--multihost"], "--multihost"),
+        (
+            ["--multihost", "--coordinator_address=nohost", "--num_processes=2", "--process_id=0"],
+            "--coordinator_address='nohost'",
+        ),
     ],
     "benchmarks.stride_ablation": [
         (["--variants=sideways"], "--variants"),
         (["--seeds=a"], "--seeds"),
         (["--protocols=shear"], "--protocols"),
         (["--optimizer=lbfgs"], "--optimizer"),
-        (["--multihost"], "--multihost"),
+        (["--multihost", "--coordinator_address=localhost:1"], "--num_processes and --process_id"),
         (["--train_steps=0"], "--train_steps"),
         (["--max_shift=0"], "--max_shift"),
     ],
     "benchmarks.dataset_bias": [
         (["--mode=nope"], "--mode"),
-        (["--multihost"], "--multihost"),
+        (["--process_id=1"], "--process_id"),
+        (
+            ["--multihost", "--coordinator_address=h:1", "--num_processes=2", "--process_id=2"],
+            "--process_id=2",
+        ),
         (["--mode=experiment", "--offsets=x"], "--offsets"),
         (["--head=conv"], "--head"),
     ],
     "benchmarks.throughput": [
         (["--repeats=0"], "--repeats"),
+        (["--multihost", "--variants=evaluator,bare_forward"], "--variants"),
         (["--max_shift=0"], "--max_shift"),
     ],
 }

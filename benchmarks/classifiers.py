@@ -73,6 +73,15 @@ def random_variables(model: nn.Module, input_shape: tuple[int, int, int], seed: 
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
+def shift_period(model: nn.Module, input_shape: tuple[int, ...]) -> int | None:
+    """The circular shift period the model declares for inputs [H, W, C] (`circular_period`:
+    shifts that differ by multiples of it give the same logits), or None: a model that
+    declares none (zero padding, a flatten head, or a family whose layers were not checked
+    for it) is evaluated at every shift."""
+    declared = getattr(model, "circular_period", None)
+    return declared(tuple(input_shape)) if declared is not None else None
+
+
 def build_model(name: str, num_classes: int, **switch: Any) -> nn.Module:
     """`models.registry.build` with the subsampling switch fields that are not None."""
     from models.keras_weights import IMAGENET_FILES

@@ -352,6 +352,7 @@ class Evaluator:
         valid,
         index,
         params,
+        sweep_index,
         reference_index,
         pairs,
         flip_pairs,
@@ -360,12 +361,20 @@ class Evaluator:
         chunk_size: int,
         images_per_call: int,
     ) -> dict[str, Any]:
-        """Masked sums over one batch of every metric; `reference_index` is a traced int32."""
+        """Masked sums over one batch of every metric; `reference_index` is a traced int32.
+
+        `params` holds num_params distinct entries (padded to a multiple of chunk_size); with
+        `sweep_index` [T] the sweep is params[sweep_index] (entries that share an evaluation),
+        else the num_params entries themselves.
+        """
         self.compile_count += 1  # runs once per trace
         cfg = self.config
         probs, finite = self._probs(
             variables, images, params, num_params, chunk_size, images_per_call
         )
+        if sweep_index is not None:
+            probs = probs[sweep_index]  # [T, B, K]
+        num_params = probs.shape[0]
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(cfg.seed), i))(index)
         pair_keys, k_keys, ref_keys = jax.vmap(lambda k: jax.random.split(k, 3), out_axes=1)(keys)
         outputs = SweepOutputs(
@@ -408,17 +417,20 @@ class Evaluator:
         params: np.ndarray,
         pairs: np.ndarray | None = None,
         flip_pairs: np.ndarray | None = None,
+        sweep_index: np.ndarray | None = None,
     ) -> jax.stages.Compiled:
-        """The compiled batch function `run` calls for images [H, W, C] under the sweep `params`.
+        """The compiled batch function `run` calls for images [H, W, C] under the sweep `params`
+        (and `sweep_index`, as `run` takes them).
 
         After a `run` of the same shapes this traces and compiles nothing new (jit's caches);
         its `memory_analysis()` gives the bytes XLA assigns to one batch call, `as_text()` its
         optimised HLO.
         """
         params = np.asarray(params, np.float32)
-        t = params.shape[0]
+        u = params.shape[0]
+        t = u if sweep_index is None else len(sweep_index)
         pairs, flip_pairs = self._pairs(t, pairs, flip_pairs)
-        chunk, per_call = self.call_sizes(image_shape, t, params.shape[1])
+        chunk, per_call = self.call_sizes(image_shape, u, params.shape[1])
         n = self.batch_size
         data = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=self._data_sharding)
         return self._step.lower(
@@ -427,11 +439,12 @@ class Evaluator:
             data((n,), jnp.int32),
             data((n,), jnp.bool_),
             data((n,), jnp.int32),
-            jax.ShapeDtypeStruct((t + -t % chunk, params.shape[1]), jnp.float32),
+            jax.ShapeDtypeStruct((u + -u % chunk, params.shape[1]), jnp.float32),
+            None if sweep_index is None else jax.ShapeDtypeStruct((t,), jnp.int32),
             jax.ShapeDtypeStruct((), jnp.int32),
             jax.ShapeDtypeStruct(pairs.shape, jnp.int32),
             jax.ShapeDtypeStruct(flip_pairs.shape, jnp.int32),
-            num_params=t,
+            num_params=u,
             chunk_size=chunk,
             images_per_call=per_call,
         ).compile()
@@ -473,17 +486,23 @@ class Evaluator:
         return make(images), make(labels), make(valid), make(index)
 
     def identity(
-        self, params: np.ndarray, reference_index: int, pairs: np.ndarray, flip_pairs: np.ndarray
+        self,
+        params: np.ndarray,
+        reference_index: int,
+        pairs: np.ndarray,
+        flip_pairs: np.ndarray,
+        sweep_index: np.ndarray | None = None,
     ) -> dict[str, Any]:
-        """The evaluator's part of a run identity: the weights' content, the sweep, its pairs,
-        config and batch size."""
+        """The evaluator's part of a run identity: the weights' content, the sweep (and its
+        shared entries), its pairs, config and batch size."""
         if self._weights_digest is None:
             self._weights_digest = run_identity.digest_arrays(jax.device_get(self._variables))
+        sweep = {"params": params, "pairs": pairs, "flip_pairs": flip_pairs}
+        if sweep_index is not None:
+            sweep["sweep_index"] = sweep_index
         return {
             "weights_sha256": self._weights_digest,
-            "sweep_sha256": run_identity.digest_arrays(
-                {"params": params, "pairs": pairs, "flip_pairs": flip_pairs}
-            ),
+            "sweep_sha256": run_identity.digest_arrays(sweep),
             "reference_index": int(reference_index),
             "config": dataclasses.asdict(self.config),
             "batch_size": self.batch_size,
@@ -499,6 +518,7 @@ class Evaluator:
         *,
         pairs: np.ndarray | None = None,
         flip_pairs: np.ndarray | None = None,
+        sweep_index: np.ndarray | None = None,
         identity: Mapping[str, Any] | None = None,
         state_path: str | None = None,
         save_every: int = 20,
@@ -520,6 +540,10 @@ class Evaluator:
             draws): the neighbour metrics are then absent.
           flip_pairs: [F, 2] pairs `flip_distance` steps apart (`Protocol.flip_pairs(d)`);
             default (k, k + d), or none when `pairs` is empty.
+          sweep_index: int [T] into `params` (`Protocol.distinct_entries`): the sweep is
+            params[sweep_index], and each distinct entry of `params` is evaluated once (exact
+            only when the model's outputs are equal for the entries that share one). Pairs,
+            the reference and every per-parameter output refer to the T sweep entries.
           identity: what else determines the numbers (model, weights digest, data, protocol):
             stored with the state; the evaluator adds its own part (`Evaluator.identity`).
           state_path: when given (local or gs://), the running sums are saved there every
@@ -537,15 +561,30 @@ class Evaluator:
           FloatingPointError: the classifier returned NaN or inf logits for some batch (named).
         """
         params = np.asarray(params, np.float32)
-        if params.ndim != 2 or params.shape[0] < 2:
+        if sweep_index is not None:
+            sweep_index = np.asarray(sweep_index)
+            if (
+                params.ndim != 2
+                or sweep_index.ndim != 1
+                or sweep_index.dtype.kind not in "iu"
+                or not np.array_equal(np.unique(sweep_index), np.arange(len(params)))
+            ):
+                raise ValueError(
+                    f"sweep_index must be int [T] using every row of params [U, P] (indices "
+                    f"0..U-1), got {sweep_index.shape} {sweep_index.dtype} for {params.shape}."
+                )
+            sweep_index = sweep_index.astype(np.int32)
+        elif params.ndim != 2 or params.shape[0] < 2:
             raise ValueError(f"params must be [T, P] with T >= 2, got shape {params.shape}.")
-        t = params.shape[0]
+        t = params.shape[0] if sweep_index is None else len(sweep_index)
+        if t < 2:
+            raise ValueError(f"the sweep must have T >= 2 entries, got {t}.")
         if not 0 <= reference_index < t:
             raise ValueError(f"reference_index={reference_index} is outside the sweep [0, {t}).")
         pairs, flip_pairs = self._pairs(t, pairs, flip_pairs)
         full_identity = {
             **(identity or {}),
-            "evaluation": self.identity(params, reference_index, pairs, flip_pairs),
+            "evaluation": self.identity(params, reference_index, pairs, flip_pairs, sweep_index),
         }
         state = _resume(state_path, full_identity)
         start_time = time.perf_counter()
@@ -553,7 +592,7 @@ class Evaluator:
             batches = batches(state.num_batches)
         else:
             batches = itertools.islice(batches, state.num_batches, None)
-        sweep = (params, np.int32(reference_index), pairs, flip_pairs)
+        sweep = (params, sweep_index, np.int32(reference_index), pairs, flip_pairs)
         self._loop(batches, sweep, state, state_path, save_every, total_batches, progress_every)
         if state_path:
             _save_state(state_path, state)
@@ -561,30 +600,32 @@ class Evaluator:
 
     def _loop(self, batches, sweep, state, state_path, save_every, total_batches, progress_every):
         """Evaluates the batches into `state`, saving it every `save_every` batches."""
-        params, reference_index, pairs, flip_pairs = sweep
-        t = params.shape[0]
+        params, sweep_index, reference_index, pairs, flip_pairs = sweep
+        u = params.shape[0]  # distinct entries evaluated
+        t = u if sweep_index is None else len(sweep_index)  # sweep entries measured
         start = state.num_batches
         pending = None
         staged = {}  # chunk size -> the sweep on the device, staged once per sweep
         start_time = time.perf_counter()
         for b, (images, lab) in enumerate(batches, start=start):
             images = np.asarray(images, np.float32)
-            chunk, per_call = self.call_sizes(images.shape[1:], t, params.shape[1])
+            chunk, per_call = self.call_sizes(images.shape[1:], u, params.shape[1])
             if chunk not in staged:
                 # device_put stages data without compiling anything (jnp.asarray compiles a
                 # small XLA program per new shape): one compile per sweep.
-                padded = np.concatenate([params, np.repeat(params[-1:], -t % chunk, axis=0)])
-                staged[chunk] = jax.device_put((padded, pairs, flip_pairs))
-            sweep_params, sweep_pairs, sweep_flip_pairs = staged[chunk]
+                padded = np.concatenate([params, np.repeat(params[-1:], -u % chunk, axis=0)])
+                staged[chunk] = jax.device_put((padded, sweep_index, pairs, flip_pairs))
+            sweep_params, sweep_entries, sweep_pairs, sweep_flip_pairs = staged[chunk]
             args = self._global_batch(images, np.asarray(lab), b * self.batch_size)
             out = self._step(
                 self._variables,
                 *args,
                 sweep_params,
+                sweep_entries,
                 reference_index,
                 sweep_pairs,
                 sweep_flip_pairs,
-                num_params=t,
+                num_params=u,
                 chunk_size=chunk,
                 images_per_call=per_call,
             )
@@ -754,17 +795,22 @@ def evaluate(
     config: EvalConfig = EvalConfig(),
     variables: Any = None,
     mesh: Mesh | None = None,
+    shift_period: int | None = None,
 ) -> EvalResult:
     """Evaluates `apply_fn` on `batches` under a `benchmarks.protocols.Protocol`.
 
     The protocol gives the transform, the sweep, the reference entry and the pairs; call
-    sizes come from `config` (by default from its memory budget). See `Evaluator`.
+    sizes come from `config` (by default from its memory budget). With `shift_period` (the
+    model's `circular_period(image_shape)`), circular shifts of the same phase share one
+    evaluation (`Protocol.distinct_entries`). See `Evaluator`.
     """
     evaluator = Evaluator(apply_fn, protocol.transform, batch_size, config, variables, mesh)
+    params, sweep_index = protocol.distinct_entries(shift_period)
     return evaluator.run(
         batches,
-        protocol.params,
+        params,
         protocol.reference_index,
         pairs=protocol.pairs(1),
         flip_pairs=protocol.flip_pairs(config.flip_distance),
+        sweep_index=sweep_index,
     )

@@ -21,7 +21,7 @@ import time
 import jax
 from absl import flags, logging
 
-from benchmarks import cluster, data, evaluate, report
+from benchmarks import classifiers, cluster, data, evaluate, report
 from benchmarks import flags as sb_flags
 
 FLAGS = flags.FLAGS
@@ -30,6 +30,12 @@ sb_flags.define_data_flags()
 sb_flags.define_protocol_flags()
 sb_flags.define_eval_flags()
 cluster.define_flags()
+flags.DEFINE_bool(
+    "share_phases",
+    True,
+    "--transform=circular: evaluate circular shifts of the same phase once when the model "
+    "declares a shift period (circular padding, GAP head); the results are the same.",
+)
 sb_flags.define_model_flags()
 
 
@@ -45,6 +51,18 @@ def main(argv: list[str]) -> None:
     flip_pairs = protocol.flip_pairs(FLAGS.flip_distance)
     classifier = sb_flags.classifier_from_flags(dataset.num_classes, protocol.output_shape)
     config = sb_flags.eval_config_from_flags()
+    period = (
+        classifiers.shift_period(classifier.model, protocol.output_shape)
+        if FLAGS.share_phases
+        else None
+    )
+    params, sweep_index = protocol.distinct_entries(period)
+    sharing = None
+    if sweep_index is not None:
+        sharing = {"period": period, "distinct": len(params), "entries": len(protocol.params)}
+        logging.info(
+            "circular shifts share phases (period %d): %d distinct of %d", *sharing.values()
+        )
     evaluator = evaluate.Evaluator(
         classifier.logits, protocol.transform, FLAGS.batch_size, config, classifier.variables
     )
@@ -80,10 +98,11 @@ def main(argv: list[str]) -> None:
     }
     result = evaluator.run(
         batches_from,
-        protocol.params,
+        params,
         protocol.reference_index,
         pairs=protocol.pairs(1),
         flip_pairs=flip_pairs,
+        sweep_index=sweep_index,
         identity=identity,
         state_path=os.path.join(FLAGS.output_dir, "eval_state.npz"),
         total_batches=-(-n // FLAGS.batch_size),
@@ -91,13 +110,18 @@ def main(argv: list[str]) -> None:
     num_upscaled = counts.global_counts().num_upscaled
     if report.is_writer():
         wall_time_s = time.perf_counter() - start
-        write_results(FLAGS.output_dir, protocol, classifier, result, wall_time_s, num_upscaled)
+        write_results(
+            FLAGS.output_dir, protocol, classifier, result, wall_time_s, num_upscaled, sharing
+        )
 
 
-def write_results(output_dir, protocol, classifier, result, wall_time_s, num_upscaled=0) -> None:
+def write_results(
+    output_dir, protocol, classifier, result, wall_time_s, num_upscaled=0, sharing=None
+) -> None:
     """results.json, per_param.csv, sweep.png and curves.png of one evaluation.
 
     num_upscaled: images whose shorter side was below --image_size (enlarged by the resize).
+    sharing: {'period', 'distinct', 'entries'} when circular shifts shared phases, else None.
     """
     config = sb_flags.flag_values()
     config["weights_source"] = classifier.source
@@ -116,6 +140,7 @@ def write_results(output_dir, protocol, classifier, result, wall_time_s, num_ups
         "call_sizes": result.call_sizes,
         "num_images": result.num_images,
         "num_upscaled": num_upscaled,
+        "shared_phases": sharing,
         "compile_count": result.compile_count,
         "versions": report.versions(),
         "wall_time_s": wall_time_s,

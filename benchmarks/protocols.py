@@ -112,6 +112,28 @@ class Protocol:
             )
         return pairs
 
+    def distinct_entries(self, shift_period: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The sweep entries a net of circular shift period `shift_period` must evaluate.
+
+        For the circular protocol and a net whose logits are the same for circular shifts that
+        differ by multiples of `shift_period` on both axes (`SmallNet.circular_period`), shifts
+        with the same (dy mod S, dx mod S) share one evaluation: a 9 x 9 grid on a stride-4
+        net has 16 distinct phases among its 81 shifts.
+
+        Returns:
+          (params [U, P], sweep_index int32 [T]) with params[sweep_index] an equivalent of each
+          entry (its first one of the same phase); (self.params, None) for any other protocol
+          or without a period (every entry evaluated).
+        """
+        if self.name != "circular" or not shift_period:
+            return self.params, None
+        phases = np.mod(np.round(self.params).astype(np.int64), shift_period)
+        _, first, inverse = np.unique(phases, axis=0, return_index=True, return_inverse=True)
+        order = np.argsort(first)  # distinct phases in sweep order
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        return self.params[first[order]], rank[inverse.ravel()].astype(np.int32)
+
     @property
     def has_neighbours(self) -> bool:
         """Whether the sweep declares pairs one step apart (False for random draws)."""

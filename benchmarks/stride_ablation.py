@@ -193,12 +193,17 @@ def run_variant(
         ev = evaluate.Evaluator(
             clf.logits, proto.transform, FLAGS.batch_size, eval_config, clf.variables
         )
+        # Circular shifts of one phase share an evaluation where the model declares a period.
+        params, sweep_index = proto.distinct_entries(
+            classifiers.shift_period(model, proto.output_shape)
+        )
         res = ev.run(
             data.local_batches(*eval_data, FLAGS.batch_size),
-            proto.params,
+            params,
             proto.reference_index,
             pairs=proto.pairs(1),
             flip_pairs=proto.flip_pairs(eval_config.flip_distance),
+            sweep_index=sweep_index,
         )
         result["protocols"][name] = {
             "metrics": res.metrics,

@@ -126,6 +126,26 @@ class SmallNet(nn.Module):
             strides[f"stage{k}"] = stride
         return strides
 
+    def circular_period(self, image_shape: tuple[int, ...]) -> int | None:
+        """S such that circular shifts of the input that differ by multiples of S (on both axes)
+        give the same logits, or None when no such S is known.
+
+        With circular padding in every conv and pool, each layer commutes with circular shifts
+        by multiples of its cumulative stride, so such inputs give feature maps that are
+        circular permutations of one another, and the GAP head the same logits (up to the
+        float32 order of its sum). S is the total stride (1 for 'full'); H and W must be
+        multiples of it. None with zero padding (the borders do not move with the content),
+        a flatten head (positions reach the classifier), or sizes not divisible by S.
+
+        Args:
+          image_shape: (H, W[, C]) of the model's input, px.
+        """
+        if self.padding != "circular" or self.head != "gap":
+            return None
+        period = max(self.feature_strides().values())
+        h, w = image_shape[:2]
+        return period if h % period == 0 and w % period == 0 else None
+
     def _subsampler(self, stage: int, dilation: int) -> Subsampler:
         """The stride-2 switch at the start of `stage` (2 .. NUM_STAGES)."""
         return Subsampler(self._modes()[stage - 2], 2, dilation, self.blur_size, self.padding)

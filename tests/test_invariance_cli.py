@@ -33,6 +33,7 @@ def test_writes_json_csv_and_plots(tmp_path):
         assert 0.0 <= record["metrics"][key] <= 1.0, key
     assert record["config"]["transform"] == "circular" and record["config"]["model"] == "allconv"
     assert record["num_images"] == 40 and record["compile_count"] == 1
+    assert record["shared_phases"] is None  # zero padding: every shift is evaluated
     assert record["versions"]["jax"]
     rows = list(csv.DictReader((out / "per_param.csv").open()))
     assert len(rows) == 5 and float(rows[0]["x"]) == -2.0
@@ -56,6 +57,31 @@ def test_writes_json_csv_and_plots(tmp_path):
     assert redone["metrics"] != record["metrics"] and redone["num_images"] == 40
     weights = lambda r: r["identity"]["evaluation"]["weights_sha256"]
     assert weights(redone) != weights(record)
+
+
+def test_circular_padding_shares_phases_with_the_same_numbers(tmp_path):
+    args = (
+        "--model=allconv",
+        "--width=8",
+        "--padding=circular",
+        "--dataset=digits",
+        "--split=test[:16]",
+        "--batch_size=16",
+        "--transform=circular",
+        "--max_shift=2",
+    )
+    shared = _run(*args, f"--output_dir={tmp_path / 'shared'}")
+    plain = _run(*args, "--noshare_phases", f"--output_dir={tmp_path / 'plain'}")
+    assert shared.returncode == 0 and plain.returncode == 0, shared.stderr[-3000:]
+    got, want = (
+        json.loads((tmp_path / d / "results.json").read_text()) for d in ("shared", "plain")
+    )
+    # Diagonal shifts -2..2 on a net of total stride 4: phases 2, 3, 0, 1, 2.
+    assert got["shared_phases"] == {"period": 4, "distinct": 4, "entries": 5}
+    assert want["shared_phases"] is None
+    assert got["per_param"]["accuracy"] == want["per_param"]["accuracy"]
+    for key, value in want["metrics"].items():
+        assert got["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,10 @@ shared machine hits every variant alike):
   (d) torch_eager   when torch is installed: the same crops and model in PyTorch eager
                     (`benchmarks.torch_reference`, weights copied, channels_last, inference
                     mode), a loop over the sweep, as the published reference codes evaluate.
+  (e) torch_compile (d) with the twin under `torch.compile` (--torch_compile_mode), compiled
+                    by its first call before the timed rounds (that call's time is reported
+                    as its compile time); skipped with a note where torch or its compiler
+                    is missing.
 
 (a), (b) and (c) run the same JAX classifier: with --fast (default) the inference rewrites of
 `benchmarks.fastpath` (BatchNorm folded, 1x1 convs as dots), with --xla_tuning (default) under
@@ -34,7 +38,7 @@ call, which slows the JAX variants of the same process (by ~8% with libgomp's de
 processes load the cores.
 
 Reported: images x transforms per second of each (median over rounds), the ratios a/b, a/c,
-a/d (medians over rounds of the per-round time ratios), compile counts and compile seconds,
+a/d, a/e (medians over rounds of the per-round time ratios), compile counts and compile seconds,
 XLA's bytes per batch call, cross-checks of the variants' predictions, how the evaluator's cost
 grows with the number of transforms (--scaling_factors x --scaling_base) and with simulated
 devices (a child process per entry of --device_counts), and, with --profile, where one
@@ -96,7 +100,9 @@ SETUPS = {
     "resnet20": Setup("resnet20", 10, 32, 8, "grid", 8, 256),
     "resnet50": Setup("resnet50", 1000, 224, 10, "diagonal", 8, 16),
 }
-VARIANTS = ("evaluator", "bare_forward", "python_loop", "torch_eager")
+VARIANTS = ("evaluator", "bare_forward", "python_loop", "torch_eager", "torch_compile")
+TORCH_VARIANTS = ("torch_eager", "torch_compile")
+TORCH_COMPILE_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead")
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 TRACE_EVENTS = (
     COMPILE_EVENT,
@@ -144,6 +150,9 @@ flags.DEFINE_integer("scaling_base", 2, "Sweep length of the x1 scaling point.",
 flags.DEFINE_list("scaling_factors", ["1", "4", "16"], "Sweep lengths, in multiples of the base.")
 flags.DEFINE_list("device_counts", ["1", "8"], "Simulated CPU device counts to compare.")
 flags.DEFINE_integer("torch_threads", None, "torch.set_num_threads (default: torch's).")
+flags.DEFINE_enum(
+    "torch_compile_mode", "default", list(TORCH_COMPILE_MODES), "torch.compile mode of (e)."
+)
 flags.DEFINE_bool("profile", False, "Profile one evaluator round per XLA op.")
 flags.DEFINE_integer("seed", 0, "Seed of images, labels and weights.")
 flags.DEFINE_string("output_dir", "runs/throughput", "Where throughput.json is written.")
@@ -313,8 +322,9 @@ def make_python_loop(w: Workload) -> Callable[[], Any]:
     return run
 
 
-def make_torch_eager(w: Workload) -> tuple[Callable[[], Any], Any]:
-    """(d): the torch twin in a loop over the sweep; returns (runner -> top-1 [T, N], twin)."""
+def make_torch_loop(w: Workload, compile_mode: str | None) -> tuple[Callable[[], Any], Any]:
+    """(d), or (e) with `compile_mode`: the torch twin (under `torch.compile(mode=...)` for
+    (e)) in a loop over the sweep; returns (runner -> top-1 [T, N], the eager twin)."""
     import torch
 
     from benchmarks import torch_reference
@@ -323,6 +333,7 @@ def make_torch_eager(w: Workload) -> tuple[Callable[[], Any], Any]:
         torch.set_num_threads(FLAGS.torch_threads)
     twin = torch_reference.from_flax(w.classifier.model, w.classifier.variables)
     twin = twin.to(memory_format=torch.channels_last)
+    forward = twin if compile_mode is None else torch.compile(twin, mode=compile_mode)
     images = [
         torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
         for x, _ in w.batches
@@ -333,7 +344,7 @@ def make_torch_eager(w: Workload) -> tuple[Callable[[], Any], Any]:
         with torch.inference_mode():
             out = [
                 [
-                    twin(
+                    forward(
                         x[:, :, y : y + h, c : c + h].contiguous(memory_format=torch.channels_last)
                     )
                     for x in images
@@ -536,9 +547,9 @@ def measure(name: str) -> dict[str, Any]:
         "fast": FLAGS.fast,
     }
     variants = [v for v in VARIANTS if v in FLAGS.variants]
-    if "torch_eager" in variants and not _torch_available():
-        variants.remove("torch_eager")
-        out["torch_note"] = "torch is not installed: (d) skipped"
+    if not _torch_available() and any(v in TORCH_VARIANTS for v in variants):
+        variants = [v for v in variants if v not in TORCH_VARIANTS]
+        out["torch_note"] = "torch is not installed: (d) and (e) skipped"
     # The bare forward's memory per image sets the evaluator's call sizes.
     forward = jax.jit(w.logits)
     mark = len(_EVENTS)
@@ -557,12 +568,24 @@ def measure(name: str) -> dict[str, Any]:
         runners["python_loop"] = make_python_loop(w)
     twin = None
     if "torch_eager" in variants:
-        runners["torch_eager"], twin = make_torch_eager(w)
+        runners["torch_eager"], twin = make_torch_loop(w, None)
+    if "torch_compile" in variants:
+        runners["torch_compile"], twin = make_torch_loop(w, FLAGS.torch_compile_mode)
     runners = {k: v for k, v in runners.items() if k in variants}
     compile_info, results = {}, {}
-    for key, run in runners.items():  # warm up (compile), keep the results to cross-check
+    for key, run in list(runners.items()):  # warm up (compile), keep results to cross-check
         mark, start = len(_EVENTS), time.perf_counter()
-        results[key] = run()
+        if key == "torch_compile":
+            try:
+                results[key] = run()
+            except Exception as e:  # Inductor needs a C++ compiler; report, do not fail
+                del runners[key]
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                out["torch_compile_note"] = f"torch.compile failed, (e) skipped: {first}"
+                logging.warning("%s", out["torch_compile_note"])
+                continue
+        else:
+            results[key] = run()
         compiles, compile_s = _compiles_since(mark)
         if key == "bare_forward":  # compiled above, for its memory analysis
             compiles, compile_s = compiles + bare_compile[0], compile_s + bare_compile[1]
@@ -575,6 +598,11 @@ def measure(name: str) -> dict[str, Any]:
     mark = len(_EVENTS)
     seconds = timed_rounds(runners, FLAGS.repeats)
     out["compiles_during_rounds"] = _compiles_since(mark)[0]
+    if "torch_compile" in seconds:  # its first call traced and compiled the twin
+        info = compile_info["torch_compile"]
+        info["compiles"] = 1
+        info["compile_s"] = info["first_call_s"] - float(np.median(seconds["torch_compile"]))
+        info["mode"] = FLAGS.torch_compile_mode
     out["compile"] = compile_info
     out["seconds"] = seconds
     out["rates"] = {k: w.work / float(np.median(s)) for k, s in seconds.items()}
@@ -616,6 +644,16 @@ def agreement(w: Workload, forward: Callable, results: dict[str, Any], twin: Any
             )
         if "torch_eager" in results:
             out["torch_vs_loop_top1_agreement"] = float(np.mean(results["torch_eager"] == top1))
+        if "torch_compile" in results:
+            out["torch_compile_vs_loop_top1_agreement"] = float(
+                np.mean(results["torch_compile"] == top1)
+            )
+    for key in TORCH_VARIANTS:  # accuracy per transform of each torch peer vs the evaluator
+        if key in results and "evaluator" in results:
+            accuracy = np.mean(results[key] == labels, axis=1)
+            out[f"evaluator_vs_{key}_accuracy_max_diff"] = float(
+                np.max(np.abs(accuracy - results["evaluator"]))
+            )
     reference = w.protocol.params[w.protocol.reference_index]
     images = jax.vmap(w.protocol.transform, (0, None))(w.batches[0][0], reference)
     plain = np.asarray(jax.jit(w.classifier.logits)(w.classifier.variables, images))
@@ -658,8 +696,9 @@ def print_tables(record: dict[str, Any]) -> None:
             for k, v in r["rates"].items()
         ]
         print(report.markdown_table(rows, list(rows[0]), 3))
-        if r.get("torch_note"):
-            print(f"\n{r['torch_note']}")
+        for note in ("torch_note", "torch_compile_note"):
+            if r.get(note):
+                print(f"\n{r[note]}")
         c = r["compile"]
         print(
             f"\ncompiles: evaluator {c['evaluator']['compile_count']} trace(s), "

@@ -59,8 +59,10 @@ def test_writes_json_csv_and_plots(tmp_path):
     assert weights(redone) != weights(record)
 
 
-def test_circular_padding_shares_phases_with_the_same_numbers(tmp_path):
-    args = (
+def test_circular_padding_shares_phases(tmp_path):
+    """The CLI evaluates each phase once (that this equals the plain evaluation is tested on
+    the library, tests/test_shared_phases.py): entries of one phase get identical numbers."""
+    res = _run(
         "--model=allconv",
         "--width=8",
         "--padding=circular",
@@ -69,19 +71,14 @@ def test_circular_padding_shares_phases_with_the_same_numbers(tmp_path):
         "--batch_size=16",
         "--transform=circular",
         "--max_shift=2",
+        f"--output_dir={tmp_path}",
     )
-    shared = _run(*args, f"--output_dir={tmp_path / 'shared'}")
-    plain = _run(*args, "--noshare_phases", f"--output_dir={tmp_path / 'plain'}")
-    assert shared.returncode == 0 and plain.returncode == 0, shared.stderr[-3000:]
-    got, want = (
-        json.loads((tmp_path / d / "results.json").read_text()) for d in ("shared", "plain")
-    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads((tmp_path / "results.json").read_text())
     # Diagonal shifts -2..2 on a net of total stride 4: phases 2, 3, 0, 1, 2.
     assert got["shared_phases"] == {"period": 4, "distinct": 4, "entries": 5}
-    assert want["shared_phases"] is None
-    assert got["per_param"]["accuracy"] == want["per_param"]["accuracy"]
-    for key, value in want["metrics"].items():
-        assert got["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    label_prob = got["per_param"]["label_prob"]
+    assert label_prob[0] == label_prob[4] and len(set(label_prob[:4])) > 1
 
 
 @pytest.mark.parametrize(

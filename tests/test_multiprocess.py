@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 TRAIN = [
     "--width=8",
-    "--train_steps=40",
+    "--train_steps=30",
     "--train_batch_size=32",
     "--num_train=400",
     "--num_images=32",
@@ -30,6 +30,8 @@ TRAIN = [
     "--variants=subsample",
     "--protocols=crop",
     "--max_shift=2",
+    "--chunk_size=3",  # fixed call sizes: no memory probe to compile
+    "--images_per_call=8",
 ]
 # Metrics that count top-1 decisions: equal across process and device counts. Probability
 # averages (MAC, top-5 distance) sum in another order on other device counts: equal to float32
@@ -97,6 +99,8 @@ def test_invariance_of_a_checkpoint_on_two_processes(one_process, tmp_path, devi
         "--batch_size=16",
         "--transform=crop",
         "--max_shift=2",
+        "--chunk_size=3",
+        "--images_per_call=8",
         f"--output_dir={tmp_path / 'inv'}",
         devices_per_process=devices_per_process,
         logdir=str(tmp_path),

@@ -2,6 +2,7 @@
 torch twins (benchmarks/torch_reference.py, skipped without torch) and the evaluator's
 one-compile and chunk-budget contracts. No timed assertions: the benchmark prints the figures."""
 
+import importlib.util
 import json
 
 import flax.linen as nn
@@ -220,9 +221,15 @@ def test_torch_twin_rejects_models_without_one():
 # --- the benchmark, end to end ---------------------------------------------------------------
 
 
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
 def test_benchmark_runs_end_to_end_and_writes_its_json(tmp_path):
+    # With torch, (e) torch_compile has its own test below (its first call compiles for 10-30 s).
+    variants = ["--variants=evaluator,bare_forward,python_loop,torch_eager"] if HAS_TORCH else []
     res = run_module(
         "benchmarks.throughput",
+        *variants,
         "--protocols=resnet20",
         "--batch_size=8",
         "--crop_size=16",
@@ -253,6 +260,8 @@ def test_benchmark_runs_end_to_end_and_writes_its_json(tmp_path):
     assert r["agreement"]["fast_vs_plain_max_rel_diff"] < 1e-4
     if "torch_eager" in variants:
         assert r["agreement"]["torch_vs_loop_top1_agreement"] == 1
+    else:  # the skip path: one note, no torch variant
+        assert r["torch_note"] == "torch is not installed: (d) and (e) skipped"
     scaling = r["scaling_transforms"]
     assert [s["num_transforms"] for s in scaling] == [2, 8]
     assert all(s["compiles"] == 1 for s in scaling)  # one compile per sweep
@@ -262,6 +271,30 @@ def test_benchmark_runs_end_to_end_and_writes_its_json(tmp_path):
     assert set(devices) == {1, 2} and all(d["compile_count"] == 1 for d in devices.values())
     assert r["profile"]["by_category"] and r["profile"]["total_op_ms"] > 0
     assert "| evaluator |" in res.stdout and "load average" in res.stdout
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_torch_compile_variant_agrees_with_the_others(tmp_path):
+    res = run_module(
+        "benchmarks.throughput",
+        "--variants=evaluator,python_loop,torch_compile",
+        "--protocols=resnet20",
+        "--batch_size=8",
+        "--crop_size=16",
+        "--max_shift=1",
+        "--repeats=1",
+        "--noscaling",
+        "--device_counts=",
+        f"--output_dir={tmp_path}",
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads((tmp_path / "throughput.json").read_text())["protocols"]["resnet20"]
+    assert "torch_compile_note" not in r, r.get("torch_compile_note")
+    assert set(r["ratios"]) == {"evaluator/python_loop", "evaluator/torch_compile"}
+    assert r["agreement"]["torch_compile_vs_loop_top1_agreement"] == 1
+    assert r["agreement"]["evaluator_vs_torch_compile_accuracy_max_diff"] == 0
+    c = r["compile"]["torch_compile"]
+    assert c["mode"] == "default" and c["compiles"] == 1 and c["first_call_s"] > 0
 
 
 def test_bad_flags_fail_in_one_line():

@@ -5,13 +5,18 @@
     python -m benchmarks.throughput --protocols=resnet20 --batch_size=8 --crop_size=16 \
         --max_shift=2 --repeats=1 --scaling_base=2 --device_counts=1  # a quick smoke run
 
-Two protocols, each on one model with seeded random weights and images (throughput does not
-depend on their values):
+Five protocols, each on one model with seeded random weights and images (throughput does
+not depend on their values):
 
 | protocol | model | images | sweep | batch |
 |---|---|---|---|---|
 | resnet20 | CIFAR ResNet-20 (models/small.py) | 40 px -> 32 px crops | 9 x 9 grid of shifts 0..8 | 256 |
 | resnet50 | ResNet-50 (models/resnet.py) | 234 px -> 224 px crops | 9 diagonal shifts 0..8 (Azulay) | 16 |
+| resnet20_circular | ResNet-20, circular padding | as resnet20 | as resnet20 | 256 |
+| resnet20_full | ResNet-20, `full` (no subsampling, dilated) | as resnet20 | 9 diagonal shifts 0..8 | 64 |
+| resnet20_full_circular | ResNet-20, `full`, circular padding | as resnet20 | 9 diagonal shifts 0..8 | 64 |
+
+The torch peers use twins with the same dilation and padding (`benchmarks.torch_reference`).
 
 In one process, on the same images and sweep, in alternating rounds (so that the load of a
 shared machine hits every variant alike):
@@ -37,8 +42,10 @@ call, which slows the JAX variants of the same process (by ~8% with libgomp's de
 1.8x with ACTIVE, ResNet-20 on 2 idle cores) and halves torch's own throughput when other
 processes load the cores.
 
-Reported: images x transforms per second of each (median over rounds), the ratios a/b, a/c,
-a/d, a/e (medians over rounds of the per-round time ratios), compile counts and compile seconds,
+Reported: images x transforms per second of each (median over rounds) and the GFLOP/s it
+means (XLA's FLOP count of the bare forward) as a fraction of the machine's measured fp32 peak
+(a 2048^3 matmul timed in the same run), the ratios a/b, a/c, a/d, a/e (medians over rounds of
+the per-round time ratios), compile counts and compile seconds,
 XLA's bytes per batch call, cross-checks of the variants' predictions, how the evaluator's cost
 grows with the number of transforms (--scaling_factors x --scaling_base) and with simulated
 devices (a child process per entry of --device_counts), and, with --profile, where one
@@ -64,6 +71,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
@@ -85,6 +93,7 @@ class Setup:
       sweep: `protocols.SWEEPS` shape of the shifts.
       max_shift: largest shift (px).
       batch_size: images per batch.
+      fields: the model's subsampling switch, as (field, value) pairs.
     """
 
     model: str
@@ -94,11 +103,17 @@ class Setup:
     sweep: str
     max_shift: int
     batch_size: int
+    fields: tuple[tuple[str, str], ...] = ()
 
 
+_CIRCULAR = (("padding", "circular"),)
+_FULL = (("stride_mode", "full"),)
 SETUPS = {
     "resnet20": Setup("resnet20", 10, 32, 8, "grid", 8, 256),
     "resnet50": Setup("resnet50", 1000, 224, 10, "diagonal", 8, 16),
+    "resnet20_circular": Setup("resnet20", 10, 32, 8, "grid", 8, 256, _CIRCULAR),
+    "resnet20_full": Setup("resnet20", 10, 32, 8, "diagonal", 8, 64, _FULL),
+    "resnet20_full_circular": Setup("resnet20", 10, 32, 8, "diagonal", 8, 64, _FULL + _CIRCULAR),
 }
 VARIANTS = ("evaluator", "bare_forward", "python_loop", "torch_eager", "torch_compile")
 TORCH_VARIANTS = ("torch_eager", "torch_compile")
@@ -187,6 +202,20 @@ def _memory(compiled: jax.stages.Compiled) -> dict[str, int]:
     return out
 
 
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """The machine's measured fp32 peak: GFLOP/s of a jitted [n, n] @ [n, n] matmul (2 n^3
+    FLOPs), median of `repeats` calls after one warm-up."""
+    a = jax.device_put(np.random.default_rng(0).random((n, n), dtype=np.float32))
+    dot = jax.jit(jnp.dot)
+    dot(a, a).block_until_ready()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dot(a, a).block_until_ready()
+        seconds.append(time.perf_counter() - start)
+    return 2 * n**3 / float(np.median(seconds)) / 1e9
+
+
 # --- the protocol and its data ---------------------------------------------------------------
 
 
@@ -245,7 +274,7 @@ def build_workload(name: str) -> Workload:
         np.testing.assert_array_equal(
             protocol.transform(probe, p), probe[y : y + crop, x : x + crop]
         )
-    model = classifiers.build_model(setup.model, setup.num_classes)
+    model = classifiers.build_model(setup.model, setup.num_classes, **dict(setup.fields))
     classifier = classifiers.Classifier(
         model, classifiers.random_variables(model, (crop, crop, 3), FLAGS.seed), "random (numpy)"
     )
@@ -539,6 +568,7 @@ def measure(name: str) -> dict[str, Any]:
     image_shape = w.batches[0][0].shape[1:]
     out: dict[str, Any] = {
         "model": SETUPS[name].model,
+        "fields": dict(SETUPS[name].fields),
         "batch_size": w.batch_size,
         "num_transforms": t,
         "num_batches": len(w.batches),
@@ -556,6 +586,9 @@ def measure(name: str) -> dict[str, Any]:
     bare_compiled, bare_run = make_bare_forward(w, forward)
     bare_memory = _memory(bare_compiled)
     bare_compile = _compiles_since(mark)
+    cost = bare_compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    out["flops_per_image"] = float(cost.get("flops", float("nan"))) / w.batch_size
     per_image = bare_memory["temp_bytes"] / w.batch_size
     chunk, images_per_call = evaluate.call_sizes_for_budget(
         per_image, w.batch_size, jax.device_count(), t, FLAGS.memory_budget_mb << 20
@@ -606,6 +639,8 @@ def measure(name: str) -> dict[str, Any]:
     out["compile"] = compile_info
     out["seconds"] = seconds
     out["rates"] = {k: w.work / float(np.median(s)) for k, s in seconds.items()}
+    # The JAX model's FLOPs (XLA's count of the bare forward) at each variant's rate.
+    out["gflops"] = {k: v * out["flops_per_image"] / 1e9 for k, v in out["rates"].items()}
     out["ratios"] = {
         f"evaluator/{k}": float(np.median(np.asarray(s) / np.asarray(seconds["evaluator"])))
         for k, s in seconds.items()
@@ -692,6 +727,8 @@ def print_tables(record: dict[str, Any]) -> None:
                 "images x transforms / s": round(v, 1),
                 "median s / round": round(float(np.median(r["seconds"][k])), 3),
                 "evaluator / variant": round(r["ratios"].get(f"evaluator/{k}", 1.0), 3),
+                "GFLOP/s": round(r["gflops"][k], 1),
+                "of peak": round(r["fraction_of_peak"][k], 3),
             }
             for k, v in r["rates"].items()
         ]
@@ -785,14 +822,19 @@ def main(argv: list[str]) -> None:
 
         record["versions"]["torch"] = torch.__version__
         record["torch_threads"] = torch.get_num_threads()
+    record["peak_gflops"] = matmul_peak_gflops()
     for name in FLAGS.protocols:
         logging.info("measuring %s", name)
         record["protocols"][name] = measure(name)
+        record["protocols"][name]["fraction_of_peak"] = {
+            k: v / record["peak_gflops"] for k, v in record["protocols"][name]["gflops"].items()
+        }
     record["load_average"] = {"start": load_start, "end": os.getloadavg()}
     if not report.is_writer():
         return
     report.write_json(os.path.join(FLAGS.output_dir, "throughput.json"), record)
     print_tables(record)
+    print(f"\nmeasured fp32 peak (2048^3 matmul): {record['peak_gflops']:.0f} GFLOP/s")
     print(
         f"\nload average (1, 5, 15 min) at start {load_start}, at end {os.getloadavg()}; "
         f"{os.cpu_count()} CPUs"

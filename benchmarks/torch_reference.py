@@ -5,7 +5,8 @@ evaluate shift invariance: a PyTorch eager loop over the sweep, `model.eval()`, 
 channels_last. These are the same architectures written in `torch.nn`:
 
 - `CifarResNet`: `models.small.CifarResNet` (resnet20/32/44/56) with shortcut 'A', head 'gap',
-  stride_mode 'subsample' and padding 'zero' (the plain net the papers evaluate).
+  stride_mode 'subsample' (the plain net the papers evaluate) or 'full' (no subsampling, the
+  later convolutions dilated, as the flax switch does), padding 'zero' or 'circular'.
 - `ResNet50`: `models.resnet.ResNet50` (Keras' layout, biases on every conv, 'caffe'
   preprocessing inside), stride_mode 'subsample', padding 'zero'.
 
@@ -49,11 +50,24 @@ def _copy_dense(linear: nn.Linear, params: dict) -> None:
 
 
 class _ConvBN(nn.Module):
-    """Conv + BatchNorm, the twin of a flax conv/BN pair."""
+    """Conv + BatchNorm, the twin of a flax conv/BN pair (dilated, zero or circular padding)."""
 
-    def __init__(self, cin: int, cout: int, k: int, stride: int, pad: int, bias: bool, eps: float):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        k: int,
+        stride: int,
+        pad: int,
+        bias: bool,
+        eps: float,
+        dilation: int = 1,
+        padding_mode: str = "zeros",
+    ):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, k, stride, pad, bias=bias)
+        self.conv = nn.Conv2d(
+            cin, cout, k, stride, pad * dilation, dilation, bias=bias, padding_mode=padding_mode
+        )
         self.bn = nn.BatchNorm2d(cout, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,14 +79,23 @@ class _ConvBN(nn.Module):
 
 
 class _BasicBlock(nn.Module):
-    """CIFAR ResNet basic block with shortcut 'A' (subsampled identity, channels zero-padded)."""
+    """CIFAR ResNet basic block with shortcut 'A' (subsampled identity, channels zero-padded);
+    its first conv at `dilation`, its second at `out_dilation` (2x for a 'full' block)."""
 
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: int,
+        dilation: int = 1,
+        out_dilation: int = 1,
+        padding_mode: str = "zeros",
+    ):
         super().__init__()
         eps = small._BN_EPSILON
         self.stride, self.extra = stride, cout - cin
-        self.c0 = _ConvBN(cin, cout, 3, stride, 1, False, eps)
-        self.c1 = _ConvBN(cout, cout, 3, 1, 1, False, eps)
+        self.c0 = _ConvBN(cin, cout, 3, stride, 1, False, eps, dilation, padding_mode)
+        self.c1 = _ConvBN(cout, cout, 3, 1, 1, False, eps, out_dilation, padding_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.c1(F.relu(self.c0(x)))
@@ -84,19 +107,34 @@ class _BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """Twin of `models.small.CifarResNet` (shortcut 'A', 'gap' head, plain subsampling)."""
+    """Twin of `models.small.CifarResNet` (shortcut 'A', 'gap' head; subsampling plain, or
+    none with `full`; padding_mode 'zeros' or 'circular', torch's names)."""
 
-    def __init__(self, depth: int, width: int, num_classes: int, mean, std, channels: int = 3):
+    def __init__(
+        self,
+        depth: int,
+        width: int,
+        num_classes: int,
+        mean,
+        std,
+        channels: int = 3,
+        full: bool = False,
+        padding_mode: str = "zeros",
+    ):
         super().__init__()
         self.register_buffer("mean", _tensor(mean).reshape(1, -1, 1, 1))
         self.register_buffer("std", _tensor(std).reshape(1, -1, 1, 1))
-        self.stem = _ConvBN(channels, width, 3, 1, 1, False, small._BN_EPSILON)
-        blocks, cin = [], width
+        eps = small._BN_EPSILON
+        self.stem = _ConvBN(channels, width, 3, 1, 1, False, eps, 1, padding_mode)
+        blocks, cin, dilation = [], width, 1
         for stage in range(small.NUM_STAGES):
             for b in range((depth - 2) // 6):
                 cout = width * 2**stage
-                blocks.append(_BasicBlock(cin, cout, 2 if stage and b == 0 else 1))
-                cin = cout
+                strided = stage > 0 and b == 0
+                stride = 1 if full or not strided else 2
+                out = 2 * dilation if full and strided else dilation
+                blocks.append(_BasicBlock(cin, cout, stride, dilation, out, padding_mode))
+                cin, dilation = cout, out
         self.blocks = nn.ModuleList(blocks)
         self.classifier = nn.Linear(cin, num_classes)
 
@@ -177,8 +215,14 @@ def from_flax(model: Any, variables: dict) -> nn.Module:
     Raises:
       ValueError: a model or a variant (stride_mode, padding, shortcut, head) without a twin.
     """
-    plain = getattr(model, "stride_mode", None) == "subsample" and model.padding == "zero"
-    if isinstance(model, small.CifarResNet) and plain:
+    mode, padding = getattr(model, "stride_mode", None), getattr(model, "padding", None)
+    cifar = (
+        isinstance(model, small.CifarResNet)
+        and mode in ("subsample", "full")
+        and model.full_stages == 0
+        and padding in ("zero", "circular")
+    )
+    if cifar:
         if model.shortcut != "A" or model.head != "gap":
             raise ValueError(
                 f"model: the torch twin has shortcut 'A' and head 'gap', got shortcut "
@@ -186,15 +230,22 @@ def from_flax(model: Any, variables: dict) -> nn.Module:
             )
         channels = variables["params"]["stem"]["conv"]["kernel"].shape[2]
         twin = CifarResNet(
-            model.depth, model.width, model.num_classes, model.mean, model.std, channels
+            model.depth,
+            model.width,
+            model.num_classes,
+            model.mean,
+            model.std,
+            channels,
+            full=mode == "full",
+            padding_mode="circular" if padding == "circular" else "zeros",
         )
-    elif isinstance(model, resnet.ResNet50) and plain:
+    elif isinstance(model, resnet.ResNet50) and mode == "subsample" and padding == "zero":
         twin = ResNet50()
     else:
         raise ValueError(
-            f"model: torch twins exist for CifarResNet and ResNet50 with stride_mode "
-            f"'subsample' and padding 'zero', got {type(model).__name__} "
-            f"({getattr(model, 'stride_mode', None)!r}, {getattr(model, 'padding', None)!r})."
+            f"model: torch twins exist for CifarResNet (stride_mode 'subsample' or 'full', "
+            f"padding 'zero' or 'circular') and ResNet50 ('subsample', 'zero'), got "
+            f"{type(model).__name__} ({mode!r}, {padding!r})."
         )
     with torch.no_grad():
         twin.load(variables)

@@ -16,8 +16,8 @@ from benchmarks import classifiers, evaluate, fastpath, protocols
 from models import registry, small, subsampling
 
 
-def _model(name, size):
-    model = registry.build(name, **({} if name == "resnet50" else {"num_classes": 10}))
+def _model(name, size, **fields):
+    model = registry.build(name, **({} if name == "resnet50" else {"num_classes": 10}), **fields)
     return model, classifiers.random_variables(model, (size, size, 3))
 
 
@@ -191,12 +191,21 @@ def test_call_sizes_for_budget(per_image, batch, devices, num_params, budget, ex
 # --- the torch twins (optional) --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, size", [("resnet20", 32), ("resnet50", 32)])
-def test_torch_twin_matches_flax(name, size):
+@pytest.mark.parametrize(
+    "name, size, fields",
+    [
+        ("resnet20", 32, {}),
+        ("resnet20", 32, {"padding": "circular"}),
+        ("resnet20", 32, {"stride_mode": "full"}),
+        ("resnet20", 32, {"stride_mode": "full", "padding": "circular"}),
+        ("resnet50", 32, {}),
+    ],
+)
+def test_torch_twin_matches_flax(name, size, fields):
     torch = pytest.importorskip("torch")
     from benchmarks import torch_reference
 
-    model, variables = _model(name, size)
+    model, variables = _model(name, size, **fields)
     x = _images(3, size)
     flax_logits = np.asarray(jax.jit(lambda v, x: model.apply(v, x)[0])(variables, x))
     twin = torch_reference.from_flax(model, variables).to(memory_format=torch.channels_last)
@@ -252,6 +261,9 @@ def test_benchmark_runs_end_to_end_and_writes_its_json(tmp_path):
     )
     assert set(r["rates"]) == variants and all(v > 0 for v in r["rates"].values())
     assert set(r["ratios"]) == {f"evaluator/{k}" for k in variants - {"evaluator"}}
+    assert record["peak_gflops"] > 0 and r["flops_per_image"] > 0
+    assert set(r["gflops"]) == set(r["fraction_of_peak"]) == variants
+    assert all(0 < f < 5 for f in r["fraction_of_peak"].values())
     assert r["num_transforms"] == 4 and r["batch_size"] == 8  # a 2 x 2 grid of shifts
     assert r["compile"]["evaluator"]["compile_count"] == 1
     assert r["compile"]["evaluator"]["compiles"] == 1 and r["compiles_during_rounds"] == 0

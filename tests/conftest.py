@@ -13,3 +13,20 @@ os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR",
     os.path.join(tempfile.gettempdir(), f"shiftbench-test-xla-cache-{os.getuid()}"),
 )
+
+# End-to-end tests (entry points in subprocesses, model ports) take 10-40 s each; the rest well
+# under a second. Collected first, they spread over the xdist workers from the start instead
+# of leaving one worker alone with a long test at the end. Order does not change any result.
+_LONG_FIRST = (
+    "test_multiprocess.py",
+    "test_stride_ablation.py",
+    "test_keras_models.py",
+    "test_invariance_cli.py",
+    "test_dataset_bias.py",
+    "test_throughput.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(_LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

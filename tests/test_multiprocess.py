@@ -17,7 +17,8 @@ import launcher
 import pytest
 from cli import run_module
 
-pytestmark = pytest.mark.slow
+# One worker runs them all (setup.cfg: --dist=loadgroup), so the trained fixture is built once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multiprocess")]
 
 TRAIN = [
     "--width=8",

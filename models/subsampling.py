@@ -200,20 +200,17 @@ def conv2d(
     check_int("stride", stride)
     check_int("feature_group_count", feature_group_count)
     kernel = jnp.asarray(kernel)
-    conv_padding = "VALID"
+    check_int("dilation", dilation)
+    pads = _scaled(resolve_padding(padding, kernel.shape[:2], padding_mode), dilation)
     if padding_mode == "circular":
         # One more wrapped row and column at the top and left, which the convolution drops
         # again (padding -1): the same numbers as a 'VALID' convolution of the wrapped map,
         # but XLA's CPU backend runs a convolution whose padding is all zero on a slow path
         # (3-5x slower for 16 px maps and smaller, and for dilated ones; WORKSPACE_NOTES.md).
-        check_int("dilation", dilation)
-        pads = _scaled(resolve_padding(padding, kernel.shape[:2], padding_mode), dilation)
         xp = pad_spatial(x, tuple((lo + 1, hi) for lo, hi in pads), "circular")
         conv_padding = ((-1, 0), (-1, 0))
-    else:  # zero pads given to the convolution itself (a zero-padded map + 'VALID' is slow)
-        check_int("dilation", dilation)
-        xp = jnp.asarray(x)
-        conv_padding = _scaled(resolve_padding(padding, kernel.shape[:2], padding_mode), dilation)
+    else:  # zero pads go to the convolution itself
+        xp, conv_padding = jnp.asarray(x), pads
     return lax.conv_general_dilated(
         xp,
         kernel,

@@ -103,6 +103,7 @@ class _ArraySource(Sequence):
 def _slice_embedded(n: int, split: str) -> slice:
     """Resolves 'train' (first 80%), 'test' (last 20%) with optional TFDS slicing of either."""
     import types
+
     import tensorflow_datasets as tfds
 
     train = int(round(0.8 * n))

@@ -348,8 +348,9 @@ def run_bias(
     protocol = bias_stats.placement_protocol(
         test_boxes[0].shape[1:], geo.canvas_size, geo.digit_size
     )
+    logits, variables = clf.inference(protocol.output_shape, FLAGS.fast)
     evaluator = evaluate.Evaluator(
-        clf.logits, protocol.transform, FLAGS.batch_size, eval_config, clf.variables
+        logits, protocol.transform, FLAGS.batch_size, eval_config, variables
     )
     placed = bias_stats.placement_boxes(offsets, geo.canvas_size, geo.digit_size)
     result = {

@@ -20,16 +20,12 @@ Both act through `flax.linen.intercept_methods` on the layers `models/subsamplin
     logits_fn, variables = fastpath.prepare(model, variables, (32, 32, 3))
     logits = jax.jit(logits_fn)(variables, images)      # [N, K], as model.apply(...)[0]
 
-One XLA setting helps too, process-wide (`configure_xla_cpu`, before JAX starts its CPU
-backend): YNNPACK fusions that take in elementwise ops (`XLA_CPU_FLAGS`), so bias + ReLU +
-residual add run inside the library's convolution subgraphs instead of as separate passes over
-memory (ResNet-20: 10-20% less CPU time per image; ResNet-50: no change).
+The XLA CPU settings the package starts JAX with are in `benchmarks.xla_defaults`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -42,23 +38,6 @@ from flax.core import unfreeze
 from models.subsampling import Conv, resolve_padding
 
 Path = tuple[str, ...]
-
-XLA_CPU_FLAGS = (
-    "--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution,eltwise",
-)
-
-
-def configure_xla_cpu() -> str:
-    """Adds `XLA_CPU_FLAGS` to the XLA_FLAGS environment variable (each unless already set).
-
-    Takes effect only if called before JAX starts its CPU backend (the first computation or
-    device query). Returns the resulting XLA_FLAGS.
-    """
-    current = os.environ.get("XLA_FLAGS", "")
-    names = {f.split("=")[0] for f in current.split()}
-    extra = [f for f in XLA_CPU_FLAGS if f.split("=")[0] not in names]
-    os.environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()
-    return os.environ["XLA_FLAGS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +65,8 @@ class FastPath:
 def conv_batchnorm_pairs(
     model: nn.Module, variables: Any, input_shape: tuple[int, int, int]
 ) -> tuple[ConvBatchNorm, ...]:
-    """The (conv, BatchNorm) pairs of `model` in which the BatchNorm reads the conv's output.
+    """The (conv, BatchNorm) pairs of `model` in which the BatchNorm reads the conv's output
+    (an inference BatchNorm with a bias, which takes the folded shift; with or without scale).
 
     Found by tracing `model.apply(variables, x [1, *input_shape], train=False)` (shapes only,
     nothing is computed). A conv whose output also feeds another layer must not be folded; the
@@ -107,7 +87,7 @@ def conv_batchnorm_pairs(
                 outputs[id(out)] = module.path
                 keep.append(out)
             elif isinstance(module, nn.BatchNorm) and id(args[0]) in outputs:
-                if module.use_running_average:
+                if module.use_running_average and module.use_bias:  # the shift needs a bias
                     pairs.append(ConvBatchNorm(outputs[id(args[0])], module.path, module.epsilon))
         return out
 
@@ -135,7 +115,7 @@ def fold_batchnorm(variables: Any, pairs: tuple[ConvBatchNorm, ...]) -> dict:
     Returns:
       New variables of the same tree, as float32 numpy arrays (computed on the host: nothing
       to compile): conv kernel [kh, kw, cin, cout] scaled by s [cout], conv bias (if any)
-      zero, BatchNorm scale 1, bias = the shift t, mean 0, var 1 - eps (so that the plain
+      zero, BatchNorm scale 1 (if it has one), bias = the shift t, mean 0, var 1 - eps (so that the plain
       model computes the same function with them).
     """
     out = unfreeze(jax.tree.map(np.asarray, variables))
@@ -143,13 +123,16 @@ def fold_batchnorm(variables: Any, pairs: tuple[ConvBatchNorm, ...]) -> dict:
         conv = _get(out["params"], pair.conv)
         bn = _get(out["params"], pair.bn)
         stats = _get(out["batch_stats"], pair.bn)
-        s = (bn["scale"] / np.sqrt(stats["var"] + np.float32(pair.epsilon))).astype(np.float32)
+        scale = bn.get("scale", np.float32(1.0))  # use_scale=False (Keras' InceptionResNetV2)
+        s = (scale / np.sqrt(stats["var"] + np.float32(pair.epsilon))).astype(np.float32)
         shift = bn["bias"] - stats["mean"] * s
         if "bias" in conv:
             shift = shift + conv["bias"] * s
             conv["bias"] = np.zeros_like(conv["bias"])
         conv["kernel"] = conv["kernel"] * s
-        bn["scale"], bn["bias"] = np.ones_like(s), shift.astype(np.float32)
+        if "scale" in bn:
+            bn["scale"] = np.ones_like(s)
+        bn["bias"] = shift.astype(np.float32)
         stats["mean"] = np.zeros_like(s)
         stats["var"] = np.full_like(s, 1.0 - pair.epsilon)
     return out

@@ -124,7 +124,7 @@ def define_protocol_flags() -> None:
 
 def define_eval_flags(default_output_dir: str = "runs/invariance") -> None:
     """--seed, --chunk_size, --images_per_call, --num_pairs, --worst_of_k, --flip_distance,
-    --output_dir."""
+    --fast, --output_dir."""
     flags.DEFINE_integer("seed", 0, "Seed of per-image random draws and of training.")
     flags.DEFINE_integer(
         "chunk_size",
@@ -160,6 +160,12 @@ def define_eval_flags(default_output_dir: str = "runs/invariance") -> None:
         1,
         "d of the ImageNet-P flip probability and top-5 distance (pairs d steps apart).",
         lower_bound=1,
+    )
+    flags.DEFINE_bool(
+        "fast",
+        True,
+        "Evaluate with the inference rewrites of benchmarks.fastpath (BatchNorm folded, 1x1 "
+        "convs as dots): the same logits up to float rounding, faster.",
     )
     flags.DEFINE_string("output_dir", default_output_dir, "Where results are written.")
 

@@ -21,7 +21,7 @@ import time
 import jax
 from absl import flags, logging
 
-from benchmarks import classifiers, cluster, data, evaluate, report
+from benchmarks import classifiers, cluster, data, evaluate, report, xla_defaults
 from benchmarks import flags as sb_flags
 
 FLAGS = flags.FLAGS
@@ -36,12 +36,21 @@ flags.DEFINE_bool(
     "--transform=circular: evaluate circular shifts of the same phase once when the model "
     "declares a shift period (circular padding, GAP head); the results are the same.",
 )
+flags.DEFINE_integer(
+    "cpu_devices",
+    None,
+    "Simulated CPU devices the batch is sharded over (XLA's host device count; ignored on an "
+    "accelerator). Default: one per core up to 8, a divisor of --batch_size "
+    "(benchmarks/xla_defaults.py); results do not depend on it.",
+    lower_bound=1,
+)
 sb_flags.define_model_flags()
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise sb_flags.FlagError(f"unexpected arguments {argv[1:]}.")
+    _set_cpu_devices()
     cluster.initialize_from_flags()
     sb_flags.check_batch_size(FLAGS.batch_size)
     start = time.perf_counter()
@@ -63,9 +72,8 @@ def main(argv: list[str]) -> None:
         logging.info(
             "circular shifts share phases (period %d): %d distinct of %d", *sharing.values()
         )
-    evaluator = evaluate.Evaluator(
-        classifier.logits, protocol.transform, FLAGS.batch_size, config, classifier.variables
-    )
+    logits, variables = classifier.inference(protocol.output_shape, FLAGS.fast)
+    evaluator = evaluate.Evaluator(logits, protocol.transform, FLAGS.batch_size, config, variables)
     n = len(dataset) if FLAGS.num_images is None else min(FLAGS.num_images, len(dataset))
     counts = data.ReadCounts()  # the images --image_size had to upscale
 
@@ -113,6 +121,20 @@ def main(argv: list[str]) -> None:
         write_results(
             FLAGS.output_dir, protocol, classifier, result, wall_time_s, num_upscaled, sharing
         )
+
+
+def _set_cpu_devices() -> None:
+    """--cpu_devices (or its default) into XLA_FLAGS, before the CPU backend starts."""
+    given = xla_defaults.cpu_device_count_in_env()
+    if FLAGS.cpu_devices is not None:
+        if given is not None and given != FLAGS.cpu_devices:
+            raise sb_flags.FlagError(
+                f"--cpu_devices={FLAGS.cpu_devices} conflicts with XLA_FLAGS, which sets "
+                f"{xla_defaults.DEVICE_COUNT_FLAG}={given}."
+            )
+        xla_defaults.set_cpu_device_count(FLAGS.cpu_devices)
+    elif not FLAGS.multihost and xla_defaults.defaults_enabled():
+        xla_defaults.set_cpu_device_count(xla_defaults.auto_cpu_devices(FLAGS.batch_size))
 
 
 def write_results(

@@ -190,9 +190,8 @@ def run_variant(
         "protocols": {},
     }
     for name, proto in protos.items():
-        ev = evaluate.Evaluator(
-            clf.logits, proto.transform, FLAGS.batch_size, eval_config, clf.variables
-        )
+        logits, variables = clf.inference(proto.output_shape, FLAGS.fast)
+        ev = evaluate.Evaluator(logits, proto.transform, FLAGS.batch_size, eval_config, variables)
         # Circular shifts of one phase share an evaluation where the model declares a period.
         params, sweep_index = proto.distinct_entries(
             classifiers.shift_period(model, proto.output_shape)

@@ -5,7 +5,7 @@
     python -m benchmarks.throughput --protocols=resnet20 --batch_size=8 --crop_size=16 \
         --max_shift=2 --repeats=1 --scaling_base=2 --device_counts=1  # a quick smoke run
 
-Five protocols, each on one model with seeded random weights and images (throughput does
+Six protocols, each on one model with seeded random weights and images (throughput does
 not depend on their values):
 
 | protocol | model | images | sweep | batch |
@@ -15,8 +15,10 @@ not depend on their values):
 | resnet20_circular | ResNet-20, circular padding | as resnet20 | as resnet20 | 256 |
 | resnet20_full | ResNet-20, `full` (no subsampling, dilated) | as resnet20 | 9 diagonal shifts 0..8 | 64 |
 | resnet20_full_circular | ResNet-20, `full`, circular padding | as resnet20 | 9 diagonal shifts 0..8 | 64 |
+| efficientnet_lite0 | EfficientNet-Lite0 (models/efficientnet_lite.py) | as resnet50 | as resnet50 | 16 |
 
-The torch peers use twins with the same dilation and padding (`benchmarks.torch_reference`).
+The torch peers use twins with the same dilation and padding (`benchmarks.torch_reference`;
+for EfficientNet-Lite0 the reference PyTorch code itself, `efficientnet-lite-pytorch`).
 
 In one process, on the same images and sweep, in alternating rounds (so that the load of a
 shared machine hits every variant alike):
@@ -34,8 +36,8 @@ shared machine hits every variant alike):
                     is missing.
 
 (a), (b) and (c) run the same JAX classifier: with --fast (default) the inference rewrites of
-`benchmarks.fastpath` (BatchNorm folded, 1x1 convs as dots), with --xla_tuning (default) under
-`fastpath.XLA_CPU_FLAGS`. The evaluator's chunk size and images per call come from
+`benchmarks.fastpath` (BatchNorm folded, 1x1 convs as dots), under the package's XLA CPU
+settings (`benchmarks.xla_defaults`; SHIFTBENCH_NO_XLA_DEFAULTS=1 measures without them). The evaluator's chunk size and images per call come from
 --memory_budget_mb and XLA's temporary bytes per image of the bare forward. torch runs with OMP_WAIT_POLICY=PASSIVE
 (--torch_passive_wait): libgomp's spin-waiting workers keep burning the cores after each torch
 call, which slows the JAX variants of the same process (by ~8% with libgomp's default policy,
@@ -59,6 +61,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import glob
+import importlib.util
 import json
 import os
 import re
@@ -114,6 +117,7 @@ SETUPS = {
     "resnet20_circular": Setup("resnet20", 10, 32, 8, "grid", 8, 256, _CIRCULAR),
     "resnet20_full": Setup("resnet20", 10, 32, 8, "diagonal", 8, 64, _FULL),
     "resnet20_full_circular": Setup("resnet20", 10, 32, 8, "diagonal", 8, 64, _FULL + _CIRCULAR),
+    "efficientnet_lite0": Setup("efficientnet_lite0", 1000, 224, 10, "diagonal", 8, 16),
 }
 VARIANTS = ("evaluator", "bare_forward", "python_loop", "torch_eager", "torch_compile")
 TORCH_VARIANTS = ("torch_eager", "torch_compile")
@@ -151,9 +155,6 @@ flags.DEFINE_integer(
     lower_bound=1,
 )
 flags.DEFINE_bool("fast", True, "Apply benchmarks.fastpath rewrites to the JAX classifier.")
-flags.DEFINE_bool(
-    "xla_tuning", True, "Start JAX with benchmarks.fastpath.XLA_CPU_FLAGS (YNNPACK eltwise fusion)."
-)
 flags.DEFINE_bool(
     "torch_passive_wait",
     True,
@@ -393,6 +394,19 @@ def _torch_available() -> bool:
     return True
 
 
+def _torch_missing(model: str) -> str | None:
+    """Why the torch peers of `model` cannot run (a one-line note), or None."""
+    if not _torch_available():
+        return "torch is not installed: (d) and (e) skipped"
+    if model.startswith("efficientnet") and not importlib.util.find_spec(
+        "efficientnet_lite_pytorch"
+    ):
+        return (
+            "efficientnet-lite-pytorch (the reference code) is not installed: (d) and (e) skipped"
+        )
+    return None
+
+
 # --- measurements ----------------------------------------------------------------------------
 
 
@@ -469,7 +483,6 @@ def scaling_devices(name: str, counts: list[int], own: dict[str, Any]) -> list[d
                 "images_per_call",
                 "memory_budget_mb",
                 "fast",
-                "xla_tuning",
                 "seed",
             ):
                 value = getattr(FLAGS, flag)
@@ -578,9 +591,10 @@ def measure(name: str) -> dict[str, Any]:
         "fast": FLAGS.fast,
     }
     variants = [v for v in VARIANTS if v in FLAGS.variants]
-    if not _torch_available() and any(v in TORCH_VARIANTS for v in variants):
+    note = _torch_missing(SETUPS[name].model)
+    if note and any(v in TORCH_VARIANTS for v in variants):
         variants = [v for v in variants if v not in TORCH_VARIANTS]
-        out["torch_note"] = "torch is not installed: (d) and (e) skipped"
+        out["torch_note"] = note
     # The bare forward's memory per image sets the evaluator's call sizes.
     forward = jax.jit(w.logits)
     mark = len(_EVENTS)
@@ -803,8 +817,6 @@ def main(argv: list[str]) -> None:
         values = getattr(FLAGS, flag)
         if not all(v.isdigit() and int(v) > 0 for v in values):
             raise sb_flags.FlagError(f"--{flag}={','.join(values)}: positive integers expected.")
-    if FLAGS.xla_tuning:
-        fastpath.configure_xla_cpu()  # before the first device query starts the backend
     cluster.initialize_from_flags()
     if FLAGS.torch_passive_wait:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP

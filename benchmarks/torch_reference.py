@@ -10,7 +10,13 @@ channels_last. These are the same architectures written in `torch.nn`:
 - `ResNet50`: `models.resnet.ResNet50` (Keras' layout, biases on every conv, 'caffe'
   preprocessing inside), stride_mode 'subsample', padding 'zero'.
 
-Both take images [N, 3, H, W] float32 in [0, 1] (any memory format) and return logits [N, K].
+- `EfficientNetLite`: `models.efficientnet_lite.EfficientNetLite` (lite0/1/2) as the reference
+  PyTorch code itself (`efficientnet_lite_pytorch.EfficientNet`, the code the port is checked
+  against; installed by the `imagenet` extra's companion `efficientnet-lite-pytorch`, optional),
+  with the model's (255 x - 127) / 128 preprocessing in front; stride_mode 'subsample',
+  padding 'zero', the model's nominal input size (the reference fixes its TF 'SAME' pads to it).
+
+All take images [N, 3, H, W] float32 in [0, 1] (any memory format) and return logits [N, K].
 `from_flax(model, variables)` builds the twin of a flax module and copies its variables.
 """
 
@@ -23,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import preprocessing, resnet, small
+from models import efficientnet_lite, preprocessing, resnet, small
 
 
 def _tensor(a: Any) -> torch.Tensor:
@@ -209,8 +215,40 @@ class ResNet50(nn.Module):
         _copy_dense(self.predictions, p["predictions"])
 
 
+class EfficientNetLite(nn.Module):
+    """The reference `efficientnet_lite_pytorch.EfficientNet` behind the model's preprocessing."""
+
+    def __init__(self, model: efficientnet_lite.EfficientNetLite):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet  # optional: the reference code
+
+        keys = ("width_multiplier", "depth_multiplier", "input_size")
+        fields = tuple(getattr(model, k) for k in keys)
+        names = {  # the named variants, functools.partial of EfficientNetLite
+            tuple(getattr(efficientnet_lite, alias).keywords[k] for k in keys): alias
+            for alias in efficientnet_lite.PRETRAINED
+        }
+        if fields not in names:
+            raise ValueError(
+                "model: the reference code has lite0/1/2 only (width, depth, input size "
+                f"{sorted(names)}), got {fields}."
+            )
+        self.net = EfficientNet.from_name(
+            names[fields].replace("_", "-"), num_classes=model.num_classes
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = efficientnet_lite.INPUT_STD
+        return self.net((x * 255.0 - efficientnet_lite.INPUT_MEAN) / scale)
+
+    def load(self, variables: dict) -> None:
+        state = efficientnet_lite.state_dict_from_variables(variables, list(self.net.state_dict()))
+        self.net.load_state_dict({k: _tensor(v) for k, v in state.items()}, strict=False)
+
+
 def from_flax(model: Any, variables: dict) -> nn.Module:
-    """The torch twin of flax `model` (CifarResNet or ResNet50) in eval mode, weights copied.
+    """The torch twin of flax `model` (CifarResNet, ResNet50, EfficientNetLite) in eval mode,
+    weights copied.
 
     Raises:
       ValueError: a model or a variant (stride_mode, padding, shortcut, head) without a twin.
@@ -241,11 +279,17 @@ def from_flax(model: Any, variables: dict) -> nn.Module:
         )
     elif isinstance(model, resnet.ResNet50) and mode == "subsample" and padding == "zero":
         twin = ResNet50()
+    elif (
+        isinstance(model, efficientnet_lite.EfficientNetLite)
+        and mode == "subsample"
+        and padding == "zero"
+    ):
+        twin = EfficientNetLite(model)
     else:
         raise ValueError(
             f"model: torch twins exist for CifarResNet (stride_mode 'subsample' or 'full', "
-            f"padding 'zero' or 'circular') and ResNet50 ('subsample', 'zero'), got "
-            f"{type(model).__name__} ({mode!r}, {padding!r})."
+            f"padding 'zero' or 'circular'), ResNet50 and EfficientNetLite ('subsample', "
+            f"'zero'), got {type(model).__name__} ({mode!r}, {padding!r})."
         )
     with torch.no_grad():
         twin.load(variables)

@@ -56,6 +56,7 @@ Public API:
     PRETRAINED: alias -> (package, class, file name);  PRETRAINED_FIELDS: alias -> fields
     weights_path(alias_or_path) -> str
     convert_state_dict(state, model) -> variables;  load_pretrained(model, alias_or_path)
+    state_dict_from_variables(variables, keys) -> state (the inverse of convert_state_dict)
 """
 
 from __future__ import annotations
@@ -629,6 +630,41 @@ def convert_state_dict(state: Mapping[str, np.ndarray], model: EfficientNetLite)
             f"{model.width_multiplier}, depth_multiplier={model.depth_multiplier}): "
             + "; ".join(problems)
         )
+    return out
+
+
+def state_dict_from_variables(variables: Mapping, keys: list[str]) -> dict[str, np.ndarray]:
+    """The reference layout's state dict (the inverse of `convert_state_dict`) for `keys`.
+
+    variables: {'params', 'batch_stats'} of an EfficientNetLite; keys: the reference model's
+    state-dict keys (e.g. `list(net.state_dict())`; '.num_batches_tracked' keys are left out).
+    Kernels HWIO -> OIHW (depthwise [k, k, 1, C] -> [C, 1, k, k]), Dense [C, K] -> [K, C], BN
+    scale/bias/mean/var -> weight/bias/running_mean/running_var. Returns key -> float32 array;
+    raises ValueError naming the keys the variables do not hold.
+    """
+    params, stats = variables["params"], variables["batch_stats"]
+    names = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+    out, missing = {}, []
+    for key in keys:
+        module, _, leaf = key.rpartition(".")
+        if leaf == "num_batches_tracked":
+            continue
+        target = _get(params, _flax_path(module))
+        if isinstance(target, Mapping) and "kernel" in target and leaf in ("weight", "bias"):
+            value = np.asarray(target["kernel" if leaf == "weight" else "bias"], np.float32)
+            if leaf == "weight":
+                value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+        elif isinstance(target, Mapping) and "scale" in target and leaf in names:
+            tree = stats if leaf.startswith("running_") else params
+            value = _get(tree, (*_flax_path(module), names[leaf]))
+        else:
+            value = None
+        if value is None:
+            missing.append(key)
+            continue
+        out[key] = np.ascontiguousarray(np.asarray(value, np.float32))
+    if missing:
+        raise ValueError(f"variables hold no value for the state-dict keys {_short(missing)}")
     return out
 
 

@@ -219,6 +219,12 @@ def test_convert_round_trip_and_clear_errors():
     assert state["_blocks.1._depthwise_conv.weight"].shape == (48, 1, 3, 3)  # 6 x 8 channels
     converted = el.convert_state_dict(state, model)
     jax.tree.map(np.testing.assert_array_equal, converted, _variables())
+    back = el.state_dict_from_variables(converted, list(state))  # the torch twin's direction
+    assert set(back) == {k for k in state if not k.endswith("num_batches_tracked")}
+    for key, value in back.items():
+        np.testing.assert_array_equal(value, state[key], err_msg=key)
+    with pytest.raises(ValueError, match="no value for the state-dict keys _blocks.99._bn1"):
+        el.state_dict_from_variables(converted, ["_blocks.99._bn1.weight"])
     for change, message in (
         (lambda s: s.pop("_blocks.3._bn1.running_var"), "missing: batch_stats/blocks_3/bn1/var"),
         (lambda s: s.update({"_blocks.99._bn1.weight": np.ones(3)}), "unexpected: _blocks.99"),

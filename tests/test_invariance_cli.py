@@ -9,6 +9,8 @@ import sys
 import pytest
 from cli import ROOT, SHARED_TFDS, fails_with_one_line, run_module
 
+from benchmarks import xla_defaults
+
 
 def _run(*args, timeout=600):
     return run_module("benchmarks.invariance", *args, timeout=timeout)
@@ -35,6 +37,9 @@ def test_writes_json_csv_and_plots(tmp_path):
     assert record["num_images"] == 40 and record["compile_count"] == 1
     assert record["shared_phases"] is None  # zero padding: every shift is evaluated
     assert record["versions"]["jax"]
+    # One simulated CPU device per core (up to 8, dividing the batch) unless XLA_FLAGS sets it.
+    if xla_defaults.cpu_device_count_in_env() is None:
+        assert record["versions"]["devices"] == f"{xla_defaults.auto_cpu_devices(16)} x cpu"
     rows = list(csv.DictReader((out / "per_param.csv").open()))
     assert len(rows) == 5 and float(rows[0]["x"]) == -2.0
     for png in ("sweep.png", "curves.png"):
@@ -112,6 +117,8 @@ def test_batch_not_divisible_by_the_device_count(tmp_path, monkeypatch):
     res = _run("--batch_size=12", f"--output_dir={tmp_path}", timeout=120)
     assert fails_with_one_line(res, "--batch_size=12"), res.stderr[-2000:]
     assert "(8)" in res.stderr
+    res = _run("--cpu_devices=2", f"--output_dir={tmp_path}", timeout=120)
+    assert fails_with_one_line(res, "--cpu_devices=2 conflicts with XLA_FLAGS"), res.stderr[-2000:]
 
 
 @pytest.mark.skipif(not os.path.isdir(SHARED_TFDS), reason="../shared/data is not present")

@@ -17,7 +17,8 @@ from models import registry, small, subsampling
 
 
 def _model(name, size, **fields):
-    model = registry.build(name, **({} if name == "resnet50" else {"num_classes": 10}), **fields)
+    classes = {} if name in ("resnet50", "efficientnet_lite0") else {"num_classes": 10}
+    model = registry.build(name, **classes, **fields)
     return model, classifiers.random_variables(model, (size, size, 3))
 
 
@@ -52,6 +53,46 @@ def test_fold_batchnorm_hand_worked():
     assert variables["params"]["conv"]["kernel"][0, 0, 0, 1] == -2.0  # input left unchanged
 
 
+class _ConvBNWithout(nn.Module):
+    """Conv 1x1 (no bias) + an inference BatchNorm without scale (Keras InceptionResNetV2's
+    unit) or without bias (which cannot take the folded shift)."""
+
+    use_scale: bool = True
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = subsampling.Conv(2, 1, use_bias=False, name="conv")(x)
+        bn = nn.BatchNorm(True, use_scale=self.use_scale, use_bias=self.use_bias, name="bn")
+        return bn(x), {}
+
+
+def test_fold_batchnorm_without_scale_and_skips_without_bias():
+    x = np.arange(12, dtype=np.float32).reshape(1, 2, 3, 2) / 10
+    kernel = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
+    bias, mean = np.array([0.1, -0.3], np.float32), np.array([0.4, -1.0], np.float32)
+    var = np.array([4.0, 0.25], np.float32)
+    variables = {
+        "params": {"conv": {"kernel": kernel[None, None]}, "bn": {"bias": bias}},
+        "batch_stats": {"bn": {"mean": mean, "var": var}},
+    }
+    module = _ConvBNWithout(use_scale=False)
+    pairs = fastpath.conv_batchnorm_pairs(module, variables, (2, 3, 2))
+    assert len(pairs) == 1
+    folded = fastpath.fold_batchnorm(variables, pairs)
+    s = 1 / np.sqrt(var + pairs[0].epsilon)
+    np.testing.assert_allclose(folded["params"]["bn"]["bias"], bias - mean * s, rtol=1e-6)
+    assert "scale" not in folded["params"]["bn"]
+    expected = (x @ kernel - mean) * s + bias
+    for v in (variables, folded):
+        np.testing.assert_allclose(module.apply(v, x)[0], expected, rtol=1e-5, atol=1e-6)
+    logits, fast_variables = fastpath.prepare(module, variables, (2, 3, 2))
+    np.testing.assert_allclose(logits(fast_variables, x), expected, rtol=1e-5, atol=1e-6)
+    no_bias = {"params": {"conv": variables["params"]["conv"], "bn": {"scale": var}}}
+    no_bias["batch_stats"] = variables["batch_stats"]
+    assert fastpath.conv_batchnorm_pairs(_ConvBNWithout(use_bias=False), no_bias, (2, 3, 2)) == ()
+
+
 def test_conv1x1_as_dot_matches_numpy():
     """A strided 1x1 conv with bias, rewritten as a dot, against x[:, ::2, ::2] @ W + b."""
 
@@ -72,10 +113,15 @@ def test_conv1x1_as_dot_matches_numpy():
 
 
 @pytest.mark.parametrize(
-    "name, num_pairs", [("resnet20", 19), ("vgg_small", 6), ("allconv", 8), ("resnet50", 53)]
+    "name, num_pairs, size",
+    [
+        ("resnet20", 19, 32),
+        ("vgg_small", 6, 32),
+        ("allconv", 8, 32),
+        ("resnet50", 53, 32),
+    ],
 )
-def test_fast_logits_match_the_plain_model(name, num_pairs):
-    size = 32
+def test_fast_logits_match_the_plain_model(name, num_pairs, size):
     model, variables = _model(name, size)
     x = _images(4, size)
     plain_fn = jax.jit(lambda v, x: model.apply(v, x)[0])
@@ -118,15 +164,6 @@ def test_fast_path_options_apply_separately():
         logits, v = fastpath.prepare(model, variables, (16, 16, 3), options)
         assert v is variables  # nothing folded
         np.testing.assert_allclose(jax.jit(logits)(v, x), plain, rtol=1e-4, atol=1e-4)
-
-
-def test_configure_xla_cpu_appends_each_flag_once(monkeypatch):
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
-    first = fastpath.configure_xla_cpu()
-    assert first.split() == ["--xla_force_host_platform_device_count=2", *fastpath.XLA_CPU_FLAGS]
-    assert fastpath.configure_xla_cpu() == first
-    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")  # a user's own
-    assert fastpath.configure_xla_cpu() == "--xla_cpu_experimental_ynn_fusion_type="
 
 
 # --- the evaluator with the fast path --------------------------------------------------------
@@ -199,10 +236,13 @@ def test_call_sizes_for_budget(per_image, batch, devices, num_params, budget, ex
         ("resnet20", 32, {"stride_mode": "full"}),
         ("resnet20", 32, {"stride_mode": "full", "padding": "circular"}),
         ("resnet50", 32, {}),
+        ("efficientnet_lite0", 224, {}),  # the reference code fixes its pads for 224 px
     ],
 )
 def test_torch_twin_matches_flax(name, size, fields):
     torch = pytest.importorskip("torch")
+    if name.startswith("efficientnet"):
+        pytest.importorskip("efficientnet_lite_pytorch")
     from benchmarks import torch_reference
 
     model, variables = _model(name, size, **fields)

@@ -1,0 +1,50 @@
+"""The XLA CPU settings the package starts JAX with, and the default CPU device count."""
+
+import os
+
+import pytest
+
+from benchmarks import xla_defaults
+
+
+def test_configure_xla_cpu_appends_each_flag_once(monkeypatch):
+    monkeypatch.delenv(xla_defaults.OPT_OUT_ENV, raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    first = xla_defaults.configure_xla_cpu()
+    assert first.split() == [
+        "--xla_force_host_platform_device_count=2",
+        *xla_defaults.XLA_CPU_FLAGS,
+    ]
+    assert xla_defaults.configure_xla_cpu() == first
+    own = "--xla_cpu_experimental_ynn_fusion_type=individual_convolution"  # a user's own
+    monkeypatch.setenv("XLA_FLAGS", own)
+    assert xla_defaults.configure_xla_cpu() == own
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv(xla_defaults.OPT_OUT_ENV, "1")
+    assert xla_defaults.configure_xla_cpu() == ""
+    assert not xla_defaults.defaults_enabled()
+
+
+def test_the_package_starts_jax_with_its_xla_defaults():
+    """Importing the package set the flags (conftest imports it before any JAX computation)."""
+    names = {f.split("=")[0] for f in os.environ.get("XLA_FLAGS", "").split()}
+    assert {f.split("=")[0] for f in xla_defaults.XLA_CPU_FLAGS} <= names
+
+
+@pytest.mark.parametrize(
+    "batch_size, cores, expected",
+    [(32, 2, 2), (33, 2, 1), (100, 16, 5), (256, 16, 8), (7, 64, 7), (12, 1, 1), (96, 12, 8)],
+)
+def test_auto_cpu_devices_divides_the_batch(batch_size, cores, expected):
+    n = xla_defaults.auto_cpu_devices(batch_size, cores)
+    assert n == expected
+    assert batch_size % n == 0 and n <= min(cores, xla_defaults.MAX_AUTO_CPU_DEVICES)
+
+
+def test_set_cpu_device_count_keeps_a_count_already_given(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    assert xla_defaults.cpu_device_count_in_env() is None
+    assert xla_defaults.set_cpu_device_count(4) == 4
+    assert xla_defaults.cpu_device_count_in_env() == 4
+    assert xla_defaults.set_cpu_device_count(2) == 4  # the first count stays
+    assert os.environ["XLA_FLAGS"].count(xla_defaults.DEVICE_COUNT_FLAG) == 1

@@ -40,8 +40,8 @@ flags.DEFINE_integer(
     "cpu_devices",
     None,
     "Simulated CPU devices the batch is sharded over (XLA's host device count; ignored on an "
-    "accelerator). Default: one per core up to 8, a divisor of --batch_size "
-    "(benchmarks/xla_defaults.py); results do not depend on it.",
+    "accelerator; default: XLA's, one). Results do not depend on it; speed does "
+    "(WORKSPACE_NOTES.md).",
     lower_bound=1,
 )
 sb_flags.define_model_flags()
@@ -124,17 +124,16 @@ def main(argv: list[str]) -> None:
 
 
 def _set_cpu_devices() -> None:
-    """--cpu_devices (or its default) into XLA_FLAGS, before the CPU backend starts."""
+    """--cpu_devices into XLA_FLAGS, before the CPU backend starts."""
+    if FLAGS.cpu_devices is None:
+        return
     given = xla_defaults.cpu_device_count_in_env()
-    if FLAGS.cpu_devices is not None:
-        if given is not None and given != FLAGS.cpu_devices:
-            raise sb_flags.FlagError(
-                f"--cpu_devices={FLAGS.cpu_devices} conflicts with XLA_FLAGS, which sets "
-                f"{xla_defaults.DEVICE_COUNT_FLAG}={given}."
-            )
-        xla_defaults.set_cpu_device_count(FLAGS.cpu_devices)
-    elif not FLAGS.multihost and xla_defaults.defaults_enabled():
-        xla_defaults.set_cpu_device_count(xla_defaults.auto_cpu_devices(FLAGS.batch_size))
+    if given is not None and given != FLAGS.cpu_devices:
+        raise sb_flags.FlagError(
+            f"--cpu_devices={FLAGS.cpu_devices} conflicts with XLA_FLAGS, which sets "
+            f"{xla_defaults.DEVICE_COUNT_FLAG}={given}."
+        )
+    xla_defaults.set_cpu_device_count(FLAGS.cpu_devices)
 
 
 def write_results(

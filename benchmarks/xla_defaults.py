@@ -8,20 +8,17 @@ SHIFTBENCH_NO_XLA_DEFAULTS=1 in the environment turns the defaults off.
 `XLA_CPU_FLAGS`: ``--xla_cpu_experimental_ynn_fusion_type=`` (empty: no YNNPACK fusions; XLA's
 own convolution and dot kernels). Measured on the 2-core AVX-512 machine with jaxlib 0.10.2,
 bare forwards with the inference fast path, each setting in its own process, two rounds
-(WORKSPACE_NOTES.md, "XLA CPU kernels"): against jaxlib's default, 1.1-1.2x on ResNet-20,
-1.2x on ResNet-50, 1.3-1.4x with circular padding, 1.8-2.0x in `full` mode (dilated
+(WORKSPACE_NOTES.md, "Library defaults on XLA's own CPU kernels"): against jaxlib's
+default, 1.1-1.2x on ResNet-20, 1.2x on ResNet-50, 1.3-1.4x with circular padding, 1.8-2.0x in `full` mode (dilated
 convolutions) and 1.9x on EfficientNet-Lite0 (depthwise convolutions). The only case it loses
 is dense ResNet-20 against YNNPACK's eltwise fusions (0.9x); those fusions halve `full` mode
 and EfficientNet, so they are not the default.
 
-`auto_cpu_devices` / `set_cpu_device_count`: the evaluation entry point (`invariance`) runs on
-several simulated CPU devices by default, one per core up to 8 (a divisor of the batch): the
-batch is split into data-parallel shards that each keep one core busy through the small ops
-where one device's intra-op threading leaves the other core waiting. Measured on the 2-core
-machine (bare forwards, one core: ResNet-20 570 img/s): 1 device 1,108-1,148, 2 devices
-1,272-1,520 (1.15-1.32x); ResNet-50 1.04-1.10x; EfficientNet-Lite0 1.35x; ResNet-20 `full`
-1.07x; 8 devices on 2 cores is slower than 2. Evaluation results do not depend on the device
-count (tested); training does, in float rounding, so training entry points keep one device.
+`set_cpu_device_count`: `invariance --cpu_devices=n` shards the batch over n simulated CPU
+devices. The default stays one device: in the evaluator on the 2-core machine, 2 devices gave
+ResNet-20 0.98x, ResNet-50 1.07x, EfficientNet-Lite0 1.17x and ResNet-20 `full` 0.5x of the
+one-device rate (WORKSPACE_NOTES.md, the same section). Evaluation results do not depend on
+the device count (tested).
 
 No JAX import here: this runs before anything else of the package.
 """
@@ -33,7 +30,6 @@ import os
 XLA_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
 OPT_OUT_ENV = "SHIFTBENCH_NO_XLA_DEFAULTS"
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
-MAX_AUTO_CPU_DEVICES = 8
 
 
 def defaults_enabled() -> bool:
@@ -59,22 +55,6 @@ def configure_xla_cpu() -> str:
     if extra:
         os.environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()
     return os.environ.get("XLA_FLAGS", "")
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask; os.cpu_count() elsewhere)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def auto_cpu_devices(batch_size: int, cores: int | None = None) -> int:
-    """The default simulated CPU device count for a global batch of `batch_size` images: the
-    largest divisor of batch_size that is <= min(cores, MAX_AUTO_CPU_DEVICES) (cores: default
-    `usable_cores()`), so that every device holds the same number of images."""
-    limit = max(1, min(usable_cores() if cores is None else cores, MAX_AUTO_CPU_DEVICES))
-    return max(n for n in range(1, limit + 1) if batch_size % n == 0)
 
 
 def cpu_device_count_in_env() -> int | None:

@@ -27,6 +27,22 @@ def test_random_variables_match_init_and_are_seeded(name):
     assert stats and all(((v >= 0.5) & (v <= 2.0)).all() for v in stats)
 
 
+def test_inference_fast_path_gives_the_plain_logits():
+    """What the CLI hands the evaluator: the folded fast path (same logits to rounding, same
+    top-1, other variables) or, with fast=False, the plain model and its own variables."""
+    model = registry.build("resnet20", num_classes=10)
+    clf = classifiers.Classifier(model, classifiers.random_variables(model, (16, 16, 3)), "test")
+    x = np.random.default_rng(0).random((6, 16, 16, 3), np.float32)
+    plain = np.asarray(jax.jit(clf.logits)(clf.variables, x))
+    logits, variables = clf.inference((16, 16, 3), fast=False)
+    assert variables is clf.variables and logits == clf.logits
+    logits, variables = clf.inference((16, 16, 3))
+    fast = np.asarray(jax.jit(logits)(variables, x))
+    assert variables is not clf.variables
+    np.testing.assert_allclose(fast / np.abs(plain).max(), plain / np.abs(plain).max(), atol=2e-5)
+    np.testing.assert_array_equal(fast.argmax(-1), plain.argmax(-1))
+
+
 def test_random_kernels_are_he_scaled():
     model = registry.build("vgg_small", num_classes=10, width=64)
     drawn = classifiers.random_variables(model, (16, 16, 3))

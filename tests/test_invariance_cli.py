@@ -37,9 +37,8 @@ def test_writes_json_csv_and_plots(tmp_path):
     assert record["num_images"] == 40 and record["compile_count"] == 1
     assert record["shared_phases"] is None  # zero padding: every shift is evaluated
     assert record["versions"]["jax"]
-    # One simulated CPU device per core (up to 8, dividing the batch) unless XLA_FLAGS sets it.
     if xla_defaults.cpu_device_count_in_env() is None:
-        assert record["versions"]["devices"] == f"{xla_defaults.auto_cpu_devices(16)} x cpu"
+        assert record["versions"]["devices"] == "1 x cpu"
     rows = list(csv.DictReader((out / "per_param.csv").open()))
     assert len(rows) == 5 and float(rows[0]["x"]) == -2.0
     for png in ("sweep.png", "curves.png"):
@@ -76,10 +75,13 @@ def test_circular_padding_shares_phases(tmp_path):
         "--batch_size=16",
         "--transform=circular",
         "--max_shift=2",
+        "--cpu_devices=2",  # the batch sharded over 2 simulated CPU devices
         f"--output_dir={tmp_path}",
     )
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads((tmp_path / "results.json").read_text())
+    if xla_defaults.cpu_device_count_in_env() is None:
+        assert got["versions"]["devices"] == "2 x cpu"
     # Diagonal shifts -2..2 on a net of total stride 4: phases 2, 3, 0, 1, 2.
     assert got["shared_phases"] == {"period": 4, "distinct": 4, "entries": 5}
     label_prob = got["per_param"]["label_prob"]

@@ -1,8 +1,6 @@
-"""The XLA CPU settings the package starts JAX with, and the default CPU device count."""
+"""The XLA CPU settings the package starts JAX with, and the CPU device count setting."""
 
 import os
-
-import pytest
 
 from benchmarks import xla_defaults
 
@@ -29,16 +27,6 @@ def test_the_package_starts_jax_with_its_xla_defaults():
     """Importing the package set the flags (conftest imports it before any JAX computation)."""
     names = {f.split("=")[0] for f in os.environ.get("XLA_FLAGS", "").split()}
     assert {f.split("=")[0] for f in xla_defaults.XLA_CPU_FLAGS} <= names
-
-
-@pytest.mark.parametrize(
-    "batch_size, cores, expected",
-    [(32, 2, 2), (33, 2, 1), (100, 16, 5), (256, 16, 8), (7, 64, 7), (12, 1, 1), (96, 12, 8)],
-)
-def test_auto_cpu_devices_divides_the_batch(batch_size, cores, expected):
-    n = xla_defaults.auto_cpu_devices(batch_size, cores)
-    assert n == expected
-    assert batch_size % n == 0 and n <= min(cores, xla_defaults.MAX_AUTO_CPU_DEVICES)
 
 
 def test_set_cpu_device_count_keeps_a_count_already_given(monkeypatch):

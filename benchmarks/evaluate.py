@@ -803,7 +803,10 @@ def evaluate(
     The protocol gives the transform, the sweep, the reference entry and the pairs; call
     sizes come from `config` (by default from its memory budget). With `shift_period` (the
     model's `circular_period(image_shape)`), circular shifts of the same phase share one
-    evaluation (`Protocol.distinct_entries`). See `Evaluator`.
+    evaluation (`Protocol.distinct_entries`). See `Evaluator`. For the CLI's speed with a
+    `benchmarks.classifiers.Classifier`, pass `apply_fn, variables = clf.inference(shape)`
+    (BatchNorm folded, 1x1 convs as dots), after importing `benchmarks` before the first JAX
+    computation (its XLA CPU settings, `benchmarks.xla_defaults`).
     """
     evaluator = Evaluator(apply_fn, protocol.transform, batch_size, config, variables, mesh)
     params, sweep_index = protocol.distinct_entries(shift_period)

@@ -316,6 +316,7 @@ def run_bias(
         "fields": fields,
         "train": dataclasses.asdict(config),
         "eval": dataclasses.asdict(eval_config),
+        "fast": FLAGS.fast,
         "geometry": {k: np.asarray(v).tolist() for k, v in dataclasses.asdict(geo).items()},
         "placements": FLAGS.placements,
         "num_train": len(train_boxes[1]),

@@ -165,7 +165,8 @@ def define_eval_flags(default_output_dir: str = "runs/invariance") -> None:
         "fast",
         True,
         "Evaluate with the inference rewrites of benchmarks.fastpath (BatchNorm folded, 1x1 "
-        "convs as dots): the same logits up to float rounding, faster.",
+        "convs as dots, on layers of models.subsampling.Conv: not EfficientNet-Lite's): the "
+        "same logits up to float rounding, faster.",
     )
     flags.DEFINE_string("output_dir", default_output_dir, "Where results are written.")
 

@@ -103,6 +103,7 @@ def main(argv: list[str]) -> None:
         "model": {"name": FLAGS.model, "fields": sb_flags.switch_from_flags()},
         "data": dataset.identity(n, FLAGS.image_size),
         "protocol": {"name": protocol.name, "options": protocol.options},
+        "inference": {"fast": FLAGS.fast},
     }
     result = evaluator.run(
         batches_from,
@@ -127,7 +128,10 @@ def _set_cpu_devices() -> None:
     """--cpu_devices into XLA_FLAGS, before the CPU backend starts."""
     if FLAGS.cpu_devices is None:
         return
-    given = xla_defaults.cpu_device_count_in_env()
+    try:
+        given = xla_defaults.cpu_device_count_in_env()
+    except ValueError as e:
+        raise sb_flags.FlagError(f"--cpu_devices: {e}") from None
     if given is not None and given != FLAGS.cpu_devices:
         raise sb_flags.FlagError(
             f"--cpu_devices={FLAGS.cpu_devices} conflicts with XLA_FLAGS, which sets "

@@ -30,7 +30,7 @@ def is_writer() -> bool:
 
 
 def versions() -> dict[str, str]:
-    """Versions of Python, the numeric stack and the devices the run used."""
+    """Versions of Python, the numeric stack, the devices the run used and its XLA_FLAGS."""
     import importlib.metadata as md
 
     import jax
@@ -52,6 +52,7 @@ def versions() -> dict[str, str]:
             out[pkg] = "not installed"
     out["devices"] = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
     out["process_count"] = str(jax.process_count())
+    out["xla_flags"] = os.environ.get("XLA_FLAGS", "")  # the CPU kernels: benchmarks.xla_defaults
     return out
 
 

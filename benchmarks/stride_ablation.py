@@ -153,6 +153,7 @@ def run_variant(
             **train_identity,
             "train": dataclasses.asdict(train_config),
             "eval": dataclasses.asdict(eval_config),
+            "fast": FLAGS.fast,
             "eval_data": data_identity["eval"],
             "protocols": {
                 n: {"params": p.params, "pairs": p.pairs(1), "options": p.options}

@@ -27,7 +27,8 @@ shared machine hits every variant alike):
                     runs the model and reduces every metric;
   (b) bare_forward  the jitted model alone on already-cropped batches of the same total size;
   (c) python_loop   a Python loop over the sweep calling the jitted crop + model per parameter;
-  (d) torch_eager   when torch is installed: the same crops and model in PyTorch eager
+  (d) torch_eager   when torch is installed (and, for EfficientNet-Lite0, the reference code
+                    efficientnet-lite-pytorch): the same crops and model in PyTorch eager
                     (`benchmarks.torch_reference`, weights copied, channels_last, inference
                     mode), a loop over the sweep, as the published reference codes evaluate.
   (e) torch_compile (d) with the twin under `torch.compile` (--torch_compile_mode), compiled
@@ -36,7 +37,8 @@ shared machine hits every variant alike):
                     is missing.
 
 (a), (b) and (c) run the same JAX classifier: with --fast (default) the inference rewrites of
-`benchmarks.fastpath` (BatchNorm folded, 1x1 convs as dots), under the package's XLA CPU
+`benchmarks.fastpath` (BatchNorm folded, 1x1 convs as dots; EfficientNet-Lite's own layers
+are left as they are), under the package's XLA CPU
 settings (`benchmarks.xla_defaults`; SHIFTBENCH_NO_XLA_DEFAULTS=1 measures without them). The evaluator's chunk size and images per call come from
 --memory_budget_mb and XLA's temporary bytes per image of the bare forward. torch runs with OMP_WAIT_POLICY=PASSIVE
 (--torch_passive_wait): libgomp's spin-waiting workers keep burning the cores after each torch
@@ -78,7 +80,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from benchmarks import classifiers, cluster, data, evaluate, fastpath, protocols, report
+from benchmarks import classifiers, cluster, data, evaluate, protocols, report
 from benchmarks import flags as sb_flags
 
 FLAGS = flags.FLAGS
@@ -279,12 +281,7 @@ def build_workload(name: str) -> Workload:
     classifier = classifiers.Classifier(
         model, classifiers.random_variables(model, (crop, crop, 3), FLAGS.seed), "random (numpy)"
     )
-    if FLAGS.fast:
-        logits, variables = fastpath.prepare(
-            classifier.model, classifier.variables, (crop, crop, 3)
-        )
-    else:
-        logits, variables = classifier.logits, classifier.variables
+    logits, variables = classifier.inference((crop, crop, 3), FLAGS.fast)
     rng = np.random.default_rng(FLAGS.seed)
     batches = [
         (
@@ -361,7 +358,9 @@ def make_torch_loop(w: Workload, compile_mode: str | None) -> tuple[Callable[[],
 
     if FLAGS.torch_threads:
         torch.set_num_threads(FLAGS.torch_threads)
-    twin = torch_reference.from_flax(w.classifier.model, w.classifier.variables)
+    twin = torch_reference.from_flax(
+        w.classifier.model, w.classifier.variables, w.protocol.output_shape[0]
+    )
     twin = twin.to(memory_format=torch.channels_last)
     forward = twin if compile_mode is None else torch.compile(twin, mode=compile_mode)
     images = [

@@ -12,9 +12,10 @@ channels_last. These are the same architectures written in `torch.nn`:
 
 - `EfficientNetLite`: `models.efficientnet_lite.EfficientNetLite` (lite0/1/2) as the reference
   PyTorch code itself (`efficientnet_lite_pytorch.EfficientNet`, the code the port is checked
-  against; installed by the `imagenet` extra's companion `efficientnet-lite-pytorch`, optional),
+  against; optional: `pip install efficientnet-lite-pytorch`, not part of any extra),
   with the model's (255 x - 127) / 128 preprocessing in front; stride_mode 'subsample',
-  padding 'zero', the model's nominal input size (the reference fixes its TF 'SAME' pads to it).
+  padding 'zero', built for the input size it will see (the reference fixes its TF 'SAME' pads
+  for that size).
 
 All take images [N, 3, H, W] float32 in [0, 1] (any memory format) and return logits [N, K].
 `from_flax(model, variables)` builds the twin of a flax module and copies its variables.
@@ -216,9 +217,13 @@ class ResNet50(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """The reference `efficientnet_lite_pytorch.EfficientNet` behind the model's preprocessing."""
+    """The reference `efficientnet_lite_pytorch.EfficientNet` behind the model's preprocessing.
 
-    def __init__(self, model: efficientnet_lite.EfficientNetLite):
+    image_size: the square input it will see (default the model's nominal size): the reference
+    fixes its TF 'SAME' pads for it when built.
+    """
+
+    def __init__(self, model: efficientnet_lite.EfficientNetLite, image_size: int | None = None):
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet  # optional: the reference code
 
@@ -234,7 +239,9 @@ class EfficientNetLite(nn.Module):
                 f"{sorted(names)}), got {fields}."
             )
         self.net = EfficientNet.from_name(
-            names[fields].replace("_", "-"), num_classes=model.num_classes
+            names[fields].replace("_", "-"),
+            num_classes=model.num_classes,
+            image_size=image_size or model.input_size,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -246,9 +253,10 @@ class EfficientNetLite(nn.Module):
         self.net.load_state_dict({k: _tensor(v) for k, v in state.items()}, strict=False)
 
 
-def from_flax(model: Any, variables: dict) -> nn.Module:
+def from_flax(model: Any, variables: dict, image_size: int | None = None) -> nn.Module:
     """The torch twin of flax `model` (CifarResNet, ResNet50, EfficientNetLite) in eval mode,
-    weights copied.
+    weights copied. image_size: the square input size the twin will see (EfficientNetLite only,
+    whose reference code fixes its pads for it; default the model's nominal size).
 
     Raises:
       ValueError: a model or a variant (stride_mode, padding, shortcut, head) without a twin.
@@ -284,7 +292,7 @@ def from_flax(model: Any, variables: dict) -> nn.Module:
         and mode == "subsample"
         and padding == "zero"
     ):
-        twin = EfficientNetLite(model)
+        twin = EfficientNetLite(model, image_size)
     else:
         raise ValueError(
             f"model: torch twins exist for CifarResNet (stride_mode 'subsample' or 'full', "

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 
 XLA_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
+MIN_JAXLIB = (0, 10)  # the flag exists (and was measured) from here; older XLA aborts on it
 OPT_OUT_ENV = "SHIFTBENCH_NO_XLA_DEFAULTS"
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
@@ -35,6 +36,18 @@ DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 def defaults_enabled() -> bool:
     """False when SHIFTBENCH_NO_XLA_DEFAULTS is set to anything but '' or '0'."""
     return os.environ.get(OPT_OUT_ENV, "0") in ("", "0")
+
+
+def _jaxlib_at_least(version: tuple[int, int]) -> bool:
+    """Whether the installed jaxlib (read from its metadata; JAX is not imported) is at least
+    (major, minor); False when it is missing or its version does not parse."""
+    from importlib import metadata
+
+    try:
+        parts = metadata.version("jaxlib").split(".")[:2]
+        return tuple(int(p) for p in parts) >= version
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
 
 
 def _named(flags: str) -> set[str]:
@@ -46,10 +59,11 @@ def configure_xla_cpu() -> str:
 
     Takes effect only if called before JAX starts its CPU backend (the first computation or
     device query); does nothing when the environment sets SHIFTBENCH_NO_XLA_DEFAULTS to a
-    non-empty value other than '0'. Returns the resulting XLA_FLAGS ('' when unset).
+    non-empty value other than '0', or with a jaxlib older than MIN_JAXLIB (whose XLA would
+    abort on the unknown flag). Returns the resulting XLA_FLAGS ('' when unset).
     """
     current = os.environ.get("XLA_FLAGS", "")
-    if not defaults_enabled():
+    if not defaults_enabled() or not _jaxlib_at_least(MIN_JAXLIB):
         return current
     extra = [f for f in XLA_CPU_FLAGS if f.split("=")[0] not in _named(current)]
     if extra:
@@ -58,12 +72,22 @@ def configure_xla_cpu() -> str:
 
 
 def cpu_device_count_in_env() -> int | None:
-    """The device count XLA_FLAGS already sets with --xla_force_host_platform_device_count."""
-    for f in os.environ.get("XLA_FLAGS", "").split():
-        name, _, value = f.partition("=")
-        if name == DEVICE_COUNT_FLAG:
-            return int(value) if value.isdigit() else None
-    return None
+    """The device count XLA_FLAGS sets with --xla_force_host_platform_device_count (the last
+    occurrence, as XLA reads it), or None when it sets none.
+
+    Raises:
+      ValueError: XLA_FLAGS gives that flag a value that is not a positive integer.
+    """
+    values = [
+        f.partition("=")[2]
+        for f in os.environ.get("XLA_FLAGS", "").split()
+        if f.partition("=")[0] == DEVICE_COUNT_FLAG
+    ]
+    if not values:
+        return None
+    if not values[-1].isdigit() or int(values[-1]) < 1:
+        raise ValueError(f"XLA_FLAGS: {DEVICE_COUNT_FLAG}={values[-1]} is not a positive integer")
+    return int(values[-1])
 
 
 def set_cpu_device_count(n: int) -> int:

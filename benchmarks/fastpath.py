@@ -115,8 +115,8 @@ def fold_batchnorm(variables: Any, pairs: tuple[ConvBatchNorm, ...]) -> dict:
     Returns:
       New variables of the same tree, as float32 numpy arrays (computed on the host: nothing
       to compile): conv kernel [kh, kw, cin, cout] scaled by s [cout], conv bias (if any)
-      zero, BatchNorm scale 1 (if it has one), bias = the shift t, mean 0, var 1 - eps (so that the plain
-      model computes the same function with them).
+      zero, BatchNorm scale 1 (if it has one), bias = the shift t, mean 0, var 1 - eps (so
+      that the plain model computes the same function with them).
     """
     out = unfreeze(jax.tree.map(np.asarray, variables))
     for pair in pairs:

@@ -129,15 +129,9 @@ def _set_cpu_devices() -> None:
     if FLAGS.cpu_devices is None:
         return
     try:
-        given = xla_defaults.cpu_device_count_in_env()
+        xla_defaults.set_cpu_device_count(FLAGS.cpu_devices)
     except ValueError as e:
-        raise sb_flags.FlagError(f"--cpu_devices: {e}") from None
-    if given is not None and given != FLAGS.cpu_devices:
-        raise sb_flags.FlagError(
-            f"--cpu_devices={FLAGS.cpu_devices} conflicts with XLA_FLAGS, which sets "
-            f"{xla_defaults.DEVICE_COUNT_FLAG}={given}."
-        )
-    xla_defaults.set_cpu_device_count(FLAGS.cpu_devices)
+        raise sb_flags.FlagError(f"--cpu_devices={FLAGS.cpu_devices} {e}.") from None
 
 
 def write_results(

@@ -190,8 +190,12 @@ def run_variant(
         "flops": _flops(clf, eval_data[0].shape[1:]),
         "protocols": {},
     }
+    inference = {}  # input shape -> (logits, variables): folded once per shape, not per protocol
     for name, proto in protos.items():
-        logits, variables = clf.inference(proto.output_shape, FLAGS.fast)
+        shape = tuple(proto.output_shape)
+        if shape not in inference:
+            inference[shape] = clf.inference(shape, FLAGS.fast)
+        logits, variables = inference[shape]
         ev = evaluate.Evaluator(logits, proto.transform, FLAGS.batch_size, eval_config, variables)
         # Circular shifts of one phase share an evaluation where the model declares a period.
         params, sweep_index = proto.distinct_entries(

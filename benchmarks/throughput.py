@@ -38,9 +38,9 @@ shared machine hits every variant alike):
 
 (a), (b) and (c) run the same JAX classifier: with --fast (default) the inference rewrites of
 `benchmarks.fastpath` (BatchNorm folded, 1x1 convs as dots; EfficientNet-Lite's own layers
-are left as they are), under the package's XLA CPU
-settings (`benchmarks.xla_defaults`; SHIFTBENCH_NO_XLA_DEFAULTS=1 measures without them). The evaluator's chunk size and images per call come from
---memory_budget_mb and XLA's temporary bytes per image of the bare forward. torch runs with OMP_WAIT_POLICY=PASSIVE
+are left as they are), under the package's XLA CPU settings (`benchmarks.xla_defaults`;
+SHIFTBENCH_NO_XLA_DEFAULTS=1 measures without them). The evaluator's chunk size and images
+per call come from --memory_budget_mb and XLA's temporary bytes per image of the bare forward. torch runs with OMP_WAIT_POLICY=PASSIVE
 (--torch_passive_wait): libgomp's spin-waiting workers keep burning the cores after each torch
 call, which slows the JAX variants of the same process (by ~8% with libgomp's default policy,
 1.8x with ACTIVE, ResNet-20 on 2 idle cores) and halves torch's own throughput when other

@@ -9,8 +9,8 @@ SHIFTBENCH_NO_XLA_DEFAULTS=1 in the environment turns the defaults off.
 own convolution and dot kernels). Measured on the 2-core AVX-512 machine with jaxlib 0.10.2,
 bare forwards with the inference fast path, each setting in its own process, two rounds
 (WORKSPACE_NOTES.md, "Library defaults on XLA's own CPU kernels"): against jaxlib's
-default, 1.1-1.2x on ResNet-20, 1.2x on ResNet-50, 1.3-1.4x with circular padding, 1.8-2.0x in `full` mode (dilated
-convolutions) and 1.9x on EfficientNet-Lite0 (depthwise convolutions). The only case it loses
+default, 1.1-1.2x on ResNet-20, 1.2x on ResNet-50, 1.3-1.4x with circular padding, 1.8-2.0x
+in `full` mode (dilated convolutions) and 1.9x on EfficientNet-Lite0 (depthwise convolutions). The only case it loses
 is dense ResNet-20 against YNNPACK's eltwise fusions (0.9x); those fusions halve `full` mode
 and EfficientNet, so they are not the default.
 
@@ -90,14 +90,19 @@ def cpu_device_count_in_env() -> int | None:
     return int(values[-1])
 
 
-def set_cpu_device_count(n: int) -> int:
-    """Adds --xla_force_host_platform_device_count=n to XLA_FLAGS unless it names a count.
+def set_cpu_device_count(n: int) -> None:
+    """Makes XLA_FLAGS give n simulated CPU devices (adds --xla_force_host_platform_device_count
+    unless XLA_FLAGS already gives n).
 
     Takes effect only before JAX starts its CPU backend (it concerns the CPU platform only;
-    an accelerator stays the default backend). Returns the count XLA_FLAGS now gives.
+    an accelerator stays the default backend).
+
+    Raises:
+      ValueError: XLA_FLAGS already gives another count, or an invalid one.
     """
     given = cpu_device_count_in_env()
+    if given == n:
+        return
     if given is not None:
-        return given
+        raise ValueError(f"conflicts with XLA_FLAGS, which sets {DEVICE_COUNT_FLAG}={given}")
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {DEVICE_COUNT_FLAG}={n}".strip()
-    return n

@@ -25,19 +25,29 @@ def test_configure_xla_cpu_appends_each_flag_once(monkeypatch):
     assert not xla_defaults.defaults_enabled()
 
 
-@pytest.mark.skipif(not xla_defaults.defaults_enabled(), reason="SHIFTBENCH_NO_XLA_DEFAULTS set")
-def test_the_package_starts_jax_with_its_xla_defaults():
-    """Importing the package set the flags (conftest imports it before any JAX computation)."""
-    names = {f.split("=")[0] for f in os.environ.get("XLA_FLAGS", "").split()}
-    assert {f.split("=")[0] for f in xla_defaults.XLA_CPU_FLAGS} <= names
+@pytest.mark.skipif(
+    not xla_defaults.defaults_enabled()
+    or not xla_defaults._jaxlib_at_least(xla_defaults.MIN_JAXLIB),
+    reason="the package's XLA defaults are off",
+)
+def test_the_backend_runs_without_ynnpack_fusions():
+    """The flags reached XLA (conftest imports the package before any JAX computation): a
+    matmul + ReLU compiles to no YNNPACK fusion; under jaxlib 0.10's default it is one."""
+    import jax
+    import jax.numpy as jnp
+
+    hlo = jax.jit(lambda a: jax.nn.relu(a @ a)).lower(jnp.ones((64, 64))).compile().as_text()
+    assert "__ynn_fusion" not in hlo
 
 
-def test_set_cpu_device_count_keeps_a_count_already_given(monkeypatch):
+def test_set_cpu_device_count_refuses_another_count_already_given(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
     assert xla_defaults.cpu_device_count_in_env() is None
-    assert xla_defaults.set_cpu_device_count(4) == 4
+    xla_defaults.set_cpu_device_count(4)
     assert xla_defaults.cpu_device_count_in_env() == 4
-    assert xla_defaults.set_cpu_device_count(2) == 4  # the first count stays
+    xla_defaults.set_cpu_device_count(4)  # the same count again: nothing added
+    with pytest.raises(ValueError, match="conflicts with XLA_FLAGS, which sets .*=4"):
+        xla_defaults.set_cpu_device_count(2)
     assert os.environ["XLA_FLAGS"].count(xla_defaults.DEVICE_COUNT_FLAG) == 1
 
 

@@ -13,8 +13,13 @@ rewrites give the same logits (up to float rounding) with less work:
   convolution runs 1x1 kernels 1.1-2.9x slower than the same product as a dot (measured
   per layer of ResNet-50, benchmarks/throughput.py notes), and half of ResNet-50's FLOPs are
   1x1 convolutions.
+- The other convolutions on the direct CPU kernel (`cpu_conv`, see `benchmarks.cpu_conv`):
+  zero or circular padding, any stride and dilation, Cout a multiple of 16, float32. The
+  folded BatchNorm's shift becomes the kernel's bias (added in registers, no extra pass over
+  the map). Convolutions it does not cover, and every platform but the CPU, keep XLA's
+  convolution.
 
-Both act through `flax.linen.intercept_methods` on the layers `models/subsampling.Conv` and
+All act through `flax.linen.intercept_methods` on the layers `models/subsampling.Conv` and
 `flax.linen.BatchNorm` while the model is applied, so the architecture is not written twice.
 
     logits_fn, variables = fastpath.prepare(model, variables, (32, 32, 3))
@@ -35,7 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import unfreeze
 
-from models.subsampling import Conv, resolve_padding
+from benchmarks import cpu_conv
+from models.subsampling import Conv, conv_pads, pad_spatial, resolve_padding
 
 Path = tuple[str, ...]
 
@@ -56,10 +62,19 @@ class FastPath:
     Attributes:
       fold_batchnorm: folded BatchNorms (see `fold_batchnorm`) run as a bias add.
       conv1x1_as_dot: zero-padded 1x1 convolutions run as a matrix product.
+      cpu_conv: the other convolutions run on `benchmarks.cpu_conv`'s kernel where it covers
+        them (on CPU, where it is available).
     """
 
     fold_batchnorm: bool = True
     conv1x1_as_dot: bool = True
+    cpu_conv: bool = True
+
+
+def identity(fast: bool) -> dict:
+    """What of the inference path determines an evaluation's numbers, for run identities:
+    {'fast': fast, 'cpu_conv': whether the direct kernel computes the convolutions}."""
+    return {"fast": fast, "cpu_conv": fast and cpu_conv.in_use()}
 
 
 def conv_batchnorm_pairs(
@@ -155,25 +170,51 @@ def logits_fn(
     variables from `fold_batchnorm(variables, pairs)`.
     """
     folded = {p.bn for p in pairs} if options.fold_batchnorm else set()
-
-    def rewrite(next_fun, args, kwargs, context):
-        module = context.module
-        if context.method_name != "__call__":
-            return next_fun(*args, **kwargs)
-        if isinstance(module, nn.BatchNorm) and module.path in folded:
-            return args[0] + module.get_variable("params", "bias")
-        if options.conv1x1_as_dot and isinstance(module, Conv) and _is_pointwise(module):
-            s = module.stride
-            y = jnp.dot(args[0][:, ::s, ::s], module.get_variable("params", "kernel")[0, 0])
-            return y + module.get_variable("params", "bias") if module.use_bias else y
-        return next_fun(*args, **kwargs)
+    bn_of_conv = {p.conv: p.bn for p in pairs if p.bn in folded}
 
     def logits(variables: Any, images: jax.Array) -> jax.Array:
         """images [N, H, W, C] in [0, 1] -> logits [N, K]."""
+        fused: set[Path] = set()  # folded BatchNorms whose shift a kernel call already added
+
+        def rewrite(next_fun, args, kwargs, context):
+            module = context.module
+            if context.method_name != "__call__":
+                return next_fun(*args, **kwargs)
+            if isinstance(module, nn.BatchNorm) and module.path in folded:
+                if module.path in fused:
+                    return args[0]
+                return args[0] + module.get_variable("params", "bias")
+            if not isinstance(module, Conv):
+                return next_fun(*args, **kwargs)
+            kernel = module.get_variable("params", "kernel")
+            if options.conv1x1_as_dot and _is_pointwise(module):
+                s = module.stride
+                y = jnp.dot(args[0][:, ::s, ::s], kernel[0, 0])
+                return y + module.get_variable("params", "bias") if module.use_bias else y
+            if options.cpu_conv and cpu_conv.supports(args[0], kernel):
+                bias = jnp.zeros(kernel.shape[-1], jnp.float32)
+                if module.use_bias:
+                    bias = bias + module.get_variable("params", "bias")
+                bn = bn_of_conv.get(module.path)
+                if bn is not None:
+                    bias = bias + _get(variables["params"], bn)["bias"]
+                    fused.add(bn)
+                return _kernel_conv(module, args[0], kernel, bias)
+            return next_fun(*args, **kwargs)
+
         with nn.intercept_methods(rewrite):
             return model.apply(variables, images, train=False)[0]
 
     return logits
+
+
+def _kernel_conv(conv: Conv, x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """`conv`'s convolution of x [N, H, W, Cin] + bias [Cout] on `cpu_conv.conv2d` (circular
+    padding as a wrapped map with no zero pads)."""
+    pads = conv_pads(conv.padding, kernel.shape[:2], conv.dilation, conv.padding_mode)
+    if conv.padding_mode == "circular":
+        x, pads = pad_spatial(x, pads, "circular"), ((0, 0), (0, 0))
+    return cpu_conv.conv2d(x, kernel, bias, conv.stride, conv.dilation, pads)
 
 
 def prepare(

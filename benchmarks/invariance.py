@@ -21,7 +21,7 @@ import time
 import jax
 from absl import flags, logging
 
-from benchmarks import classifiers, cluster, data, evaluate, report, xla_defaults
+from benchmarks import classifiers, cluster, data, evaluate, fastpath, report, xla_defaults
 from benchmarks import flags as sb_flags
 
 FLAGS = flags.FLAGS
@@ -103,7 +103,7 @@ def main(argv: list[str]) -> None:
         "model": {"name": FLAGS.model, "fields": sb_flags.switch_from_flags()},
         "data": dataset.identity(n, FLAGS.image_size),
         "protocol": {"name": protocol.name, "options": protocol.options},
-        "inference": {"fast": FLAGS.fast},
+        "inference": fastpath.identity(FLAGS.fast),
     }
     result = evaluator.run(
         batches_from,

@@ -38,6 +38,7 @@ from benchmarks import (
     data,
     equivariance,
     evaluate,
+    fastpath,
     protocols,
     report,
     run_identity,
@@ -153,7 +154,7 @@ def run_variant(
             **train_identity,
             "train": dataclasses.asdict(train_config),
             "eval": dataclasses.asdict(eval_config),
-            "fast": FLAGS.fast,
+            "inference": fastpath.identity(FLAGS.fast),
             "eval_data": data_identity["eval"],
             "protocols": {
                 n: {"params": p.params, "pairs": p.pairs(1), "options": p.options}

@@ -169,6 +169,15 @@ def pad_spatial(x: ArrayLike, pads: Pads, mode: str, value: float = 0.0) -> jax.
     return jnp.pad(x, widths, mode="wrap" if mode == "circular" else "reflect")
 
 
+def conv_pads(
+    padding: Padding, kernel_size: int | Sequence[int], dilation: int, padding_mode: str
+) -> Pads:
+    """((top, bottom), (left, right)) pads of a window op: `resolve_padding` of the kernel
+    size, scaled by the (a trous) dilation."""
+    check_int("dilation", dilation)
+    return _scaled(resolve_padding(padding, kernel_size, padding_mode), dilation)
+
+
 def _padded(
     x: ArrayLike,
     padding: Padding,
@@ -177,8 +186,7 @@ def _padded(
     padding_mode: str,
     value: float,
 ) -> jax.Array:
-    check_int("dilation", dilation)
-    pads = _scaled(resolve_padding(padding, kernel_size, padding_mode), dilation)
+    pads = conv_pads(padding, kernel_size, dilation, padding_mode)
     return pad_spatial(x, pads, "circular" if padding_mode == "circular" else "zero", value)
 
 
@@ -200,8 +208,7 @@ def conv2d(
     check_int("stride", stride)
     check_int("feature_group_count", feature_group_count)
     kernel = jnp.asarray(kernel)
-    check_int("dilation", dilation)
-    pads = _scaled(resolve_padding(padding, kernel.shape[:2], padding_mode), dilation)
+    pads = conv_pads(padding, kernel.shape[:2], dilation, padding_mode)
     if padding_mode == "circular":
         # One more wrapped row and column at the top and left, which the convolution drops
         # again (padding -1): the same numbers as a 'VALID' convolution of the wrapped map,

@@ -1,0 +1,288 @@
+"""A direct AVX-512 convolution kernel for XLA's CPU backend (inference fast path).
+
+XLA's CPU convolution (Eigen) runs the narrow convolutions of the CIFAR ResNets (16-64
+channels) at about half the rate of the oneDNN kernels that PyTorch calls, and the jaxlib
+wheel does not route convolutions to its oneDNN (WORKSPACE_NOTES.md, "A direct convolution
+kernel"). `cpu_conv.cc` is a direct NHWC kernel of the oneDNN kind, called through JAX's FFI
+(`jax.ffi.ffi_call`, an XLA custom call): a tile of output pixels x 16-64 output channels
+stays in registers while the taps and input channels run, with the bias (and optionally a
+ReLU) applied before the store, split over output rows on XLA's intra-op thread pool.
+
+    y = cpu_conv.conv2d(x, kernel, bias, stride=1, dilation=1, pads=((1, 1), (1, 1)))
+
+computes `lax.conv_general_dilated` (NHWC, HWIO, zero padding) + bias, float32, the same
+sums in another order (within float rounding, tested against XLA's convolution).
+
+The kernel is compiled with g++ against `jax.ffi.include_dir()` at its first use in a process
+and cached under ~/.cache/shiftbench (or $XDG_CACHE_HOME/shiftbench), keyed by the source, the
+compiler flags and the jaxlib version. Where it cannot run (not x86-64 with AVX-512F and FMA,
+no g++, a failed build, SHIFTBENCH_CPU_CONV=0 in the environment), `available()` is False and
+`conv2d` computes the same function with XLA's convolution. On other platforms (GPU, TPU)
+`conv2d` always lowers to XLA's convolution (`lax.platform_dependent`).
+
+The custom call is registered as batch partitionable: under `jit` with the batch axis sharded
+over a mesh, each device runs the kernel on its own images.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax import lax
+from jax.custom_batching import custom_vmap
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from jax.typing import ArrayLike
+
+TARGET = "shiftbench_conv2d"
+LANES = 16  # output channels per AVX-512 register: Cout must be a multiple of it
+MAX_KERNEL_ROWS = 16  # kernel heights the .cc handles (row pointers on its stack)
+OPT_OUT_ENV = "SHIFTBENCH_CPU_CONV"
+SOURCE = Path(__file__).with_name("cpu_conv.cc")
+CXX_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC")
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+
+def enabled() -> bool:
+    """False when SHIFTBENCH_CPU_CONV is set to '0' (the kernel is then never built or used)."""
+    return os.environ.get(OPT_OUT_ENV, "1") != "0"
+
+
+def cpu_supported() -> bool:
+    """Whether this host is x86-64 Linux with AVX-512F and FMA (read from /proc/cpuinfo)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
+    )
+    return "avx512f" in flags and "fma" in flags
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "shiftbench"
+
+
+def _library_path(compiler: str) -> Path:
+    """Where the built kernel lives: keyed by source, compiler, flags and jaxlib version."""
+    key = hashlib.sha256()
+    key.update(SOURCE.read_bytes())
+    key.update(" ".join((compiler, *CXX_FLAGS, metadata.version("jaxlib"))).encode())
+    return _cache_dir() / f"cpu_conv-{key.hexdigest()[:16]}.so"
+
+
+def build() -> Path:
+    """Compiles `cpu_conv.cc` (unless its cached build exists) and returns the library path.
+
+    Raises:
+      RuntimeError: no C++ compiler ($CXX or g++) or the compilation failed (with its output).
+    """
+    compiler = os.environ.get("CXX") or shutil.which("g++")
+    if not compiler:
+        raise RuntimeError("no C++ compiler: set CXX or install g++")
+    path = _library_path(compiler)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Built under a temporary name and renamed: concurrent processes never load half a file.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    cmd = [compiler, *CXX_FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        os.unlink(tmp)
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    os.replace(tmp, path)
+    return path
+
+
+@functools.cache
+def available() -> bool:
+    """Whether `conv2d` runs the kernel on CPU in this process (builds and registers it once).
+
+    False (with one logged warning saying why) where it cannot run; see the module docstring.
+    """
+    if not enabled() or not cpu_supported():
+        return False
+    try:
+        library = ctypes.cdll.LoadLibrary(str(build()))
+    except (RuntimeError, OSError, AttributeError) as e:
+        logging.warning("cpu_conv: using XLA's convolution instead of the kernel: %s", e)
+        return False
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.ShiftbenchConv2d), "cpu")
+    jax.ffi.register_ffi_target_as_batch_partitionable(TARGET)
+    return True
+
+
+def in_use() -> bool:
+    """Whether `conv2d` computes with the kernel under the default backend (CPU, available)."""
+    return jax.default_backend() == "cpu" and available()
+
+
+def supports(x: ArrayLike, kernel: ArrayLike) -> bool:
+    """Whether the kernel computes this convolution: float32 x [N, H, W, Cin] and kernel
+    [kh, kw, Cin, Cout] with Cout a multiple of 16 and kh <= 16 (no feature groups)."""
+    x, kernel = jnp.asarray(x), jnp.asarray(kernel)
+    return (
+        x.ndim == 4
+        and kernel.ndim == 4
+        and x.dtype == jnp.float32
+        and kernel.dtype == jnp.float32
+        and kernel.shape[2] == x.shape[3]
+        and kernel.shape[3] % LANES == 0
+        and kernel.shape[0] <= MAX_KERNEL_ROWS
+    )
+
+
+def _output_size(size: int, pads: tuple[int, int], k: int, stride: int, dilation: int) -> int:
+    return (size + pads[0] + pads[1] - dilation * (k - 1) - 1) // stride + 1
+
+
+def _xla_conv(x, kernel, bias, stride, dilation, pads, relu):
+    y = (
+        lax.conv_general_dilated(
+            x,
+            kernel,
+            (stride, stride),
+            pads,
+            rhs_dilation=(dilation, dilation),
+            dimension_numbers=_NHWC,
+        )
+        + bias
+    )
+    return jnp.maximum(y, 0.0) if relu else y
+
+
+def _kernel_call(x, kernel, bias, stride, dilation, pads, relu):
+    """The custom call on one device's arrays: x [N, H, W, Cin] -> [N, oh, ow, Cout]."""
+    n, h, w, _ = x.shape
+    kh, kw, _, cout = kernel.shape
+    oh = _output_size(h, pads[0], kh, stride, dilation)
+    ow = _output_size(w, pads[1], kw, stride, dilation)
+    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((n, oh, ow, cout), jnp.float32))
+    return call(
+        x,
+        kernel,
+        bias,
+        stride=np.int64(stride),
+        dilation=np.int64(dilation),
+        pad_top=np.int64(pads[0][0]),
+        pad_left=np.int64(pads[1][0]),
+        relu=bool(relu),
+    )
+
+
+def _batch_sharding(mesh, sharding) -> NamedSharding:
+    """x's sharding of its batch axis alone (the other axes replicated)."""
+    spec = getattr(sharding, "spec", None)
+    return NamedSharding(mesh, P(spec[0] if spec else None))
+
+
+def _partition(stride, dilation, pads, relu, mesh, arg_shapes, result_shape):
+    del result_shape
+    x_sharding = _batch_sharding(mesh, arg_shapes[0].sharding)
+    replicated = NamedSharding(mesh, P())
+
+    def lower(x, kernel, bias):
+        return _kernel_call(x, kernel, bias, stride, dilation, pads, relu)
+
+    return mesh, lower, x_sharding, (x_sharding, replicated, replicated)
+
+
+def _infer_sharding(stride, dilation, pads, relu, mesh, arg_shapes, result_shape):
+    del stride, dilation, pads, relu, result_shape
+    return _batch_sharding(mesh, arg_shapes[0].sharding)
+
+
+# Sharded along the batch axis only: each device convolves its own images with the whole kernel.
+_partitioned_call = custom_partitioning(_kernel_call, static_argnums=(3, 4, 5, 6))
+_partitioned_call.def_partition(
+    partition=_partition,
+    infer_sharding_from_operands=_infer_sharding,
+    sharding_rule="n h w c, i j c d, d -> n o p d",
+    need_replication_factors=("h", "w", "c", "i", "j", "d", "o", "p"),
+)
+
+
+def _kernel_conv(x, kernel, bias, stride, dilation, pads, relu):
+    """The kernel with batching: vmap over x alone folds the vmapped axis into N; vmap over
+    the kernel or bias goes to XLA's convolution."""
+
+    @custom_vmap
+    def conv(x, kernel, bias):
+        return _partitioned_call(x, kernel, bias, stride, dilation, pads, relu)
+
+    @conv.def_vmap
+    def conv_vmap(axis_size, in_batched, x, kernel, bias):
+        _, kernel_batched, bias_batched = in_batched
+        if kernel_batched or bias_batched:
+            fn = functools.partial(
+                _xla_conv, stride=stride, dilation=dilation, pads=pads, relu=relu
+            )
+            axes = tuple(0 if b else None for b in in_batched)
+            return jax.vmap(fn, in_axes=axes)(x, kernel, bias), True
+        y = conv(x.reshape(-1, *x.shape[2:]), kernel, bias)
+        return y.reshape(axis_size, -1, *y.shape[1:]), True
+
+    return conv(x, kernel, bias)
+
+
+def conv2d(
+    x: ArrayLike,
+    kernel: ArrayLike,
+    bias: ArrayLike,
+    stride: int = 1,
+    dilation: int = 1,
+    pads: Pads = ((0, 0), (0, 0)),
+    relu: bool = False,
+) -> jax.Array:
+    """Zero-padded 2-D convolution + bias (+ ReLU) of an NHWC map, with the kernel on CPU.
+
+    Args:
+      x: [N, H, W, Cin] float32.
+      kernel: [kh, kw, Cin, Cout] float32 (HWIO).
+      bias: [Cout], added to every output pixel.
+      stride, dilation: of the convolution (ints >= 1).
+      pads: ((top, bottom), (left, right)) zero rows and columns, each >= 0.
+      relu: apply max(y, 0) to the result.
+
+    Returns:
+      [N, oh, ow, Cout], oh = (H + top + bottom - dilation (kh - 1) - 1) // stride + 1 (ow
+      likewise): `lax.conv_general_dilated(x, kernel, stride, pads, rhs_dilation)` + bias.
+      Computed by the kernel on CPU when `available()` and `supports(x, kernel)`, otherwise
+      (and on every other platform) by XLA's convolution.
+    """
+    x, kernel = jnp.asarray(x), jnp.asarray(kernel)
+    bias = jnp.asarray(bias, x.dtype)
+    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+    if any(p < 0 for pair in pads for p in pair):
+        raise ValueError(f"pads must be >= 0, got {pads}")
+    args = (x, kernel, bias, stride, dilation, pads, relu)
+    if not (available() and supports(x, kernel)):
+        return _xla_conv(*args)
+    return lax.platform_dependent(
+        *args[:3],
+        cpu=lambda *a: _kernel_conv(*a, *args[3:]),
+        default=lambda *a: _xla_conv(*a, *args[3:]),
+    )

@@ -1,9 +1,11 @@
 // Direct NHWC convolution for x86-64 CPUs with AVX-512, as an XLA FFI handler.
 //
 // y[n, oh, ow, co] = relu?(bias[co] + sum_{kh, kw, ci} x[n, oh*s + kh*d - pt, ow*s + kw*d - pl, ci]
-//                                                      * w[kh, kw, ci, co])
+//                                                      * w[kh, kw, ci, co]
+//                           + residual?[n, oh, ow, co])
 // with zeros outside x (zero padding). Float32 in and out, accumulation in float32 in the
-// order kh, kw, ci.
+// order kh, kw, ci; the residual (a ResNet block's shortcut) and the ReLU are applied in
+// registers before the store, as oneDNN's post-ops.
 //
 // Why: XLA's CPU convolution (Eigen) runs narrow convolutions (16-64 channels, the CIFAR ResNets)
 // at about half the rate of oneDNN's direct kernels, which PyTorch uses. This is the same
@@ -47,10 +49,12 @@ struct Geometry {
 
 // One register tile: TW consecutive output pixels of one row x OCB blocks of 16 channels.
 // rows[k]: the input row of tap row k, already offset to the tile's first pixel (nullptr when
-// that row lies in the zero padding). w: the kernel at the tile's first output channel.
+// that row lies in the zero padding). w: the kernel at the tile's first output channel. res:
+// the residual at the tile's first output (nullptr: none), laid out as y.
 template <int OCB, int TW>
 __attribute__((target("avx512f,fma"))) void Tile(const float* const* rows, const Geometry& g,
-                                                  const float* w, const float* bias, float* y) {
+                                                  const float* w, const float* bias,
+                                                  const float* res, float* y) {
   __m512 acc[TW][OCB];
 #pragma GCC unroll 8
   for (int o = 0; o < OCB; ++o) {
@@ -84,14 +88,16 @@ __attribute__((target("avx512f,fma"))) void Tile(const float* const* rows, const
   for (int j = 0; j < TW; ++j) {
 #pragma GCC unroll 8
     for (int o = 0; o < OCB; ++o) {
-      const __m512 v = g.relu ? _mm512_max_ps(acc[j][o], zero) : acc[j][o];
+      __m512 v = acc[j][o];
+      if (res != nullptr) v = _mm512_add_ps(v, _mm512_loadu_ps(res + j * g.cout + o * kLanes));
+      if (g.relu) v = _mm512_max_ps(v, zero);
       _mm512_storeu_ps(y + j * g.cout + o * kLanes, v);
     }
   }
 }
 
 using TileFn = void (*)(const float* const*, const Geometry&, const float*, const float*,
-                        float*);
+                        const float*, float*);
 
 // Register budget (32 zmm): TW * OCB accumulators + OCB weights + 1 broadcast.
 template <int OCB>
@@ -111,7 +117,7 @@ const std::array<TileFn, kMaxTile<OCB>>& Tiles() {
 // All tiles of one output row with OCB-wide channel blocks.
 template <int OCB>
 void RowWithBlocks(const float* const* rows, const Geometry& g, const float* w, const float* bias,
-                   float* y_row) {
+                   const float* res_row, float* y_row) {
   const auto& tiles = Tiles<OCB>();
   const int64_t max_tile = kMaxTile<OCB>;
   const int64_t num_tiles = (g.ow + max_tile - 1) / max_tile;
@@ -124,13 +130,16 @@ void RowWithBlocks(const float* const* rows, const Geometry& g, const float* w, 
       for (int64_t r = 0; r < g.kh; ++r) {
         tile_rows[r] = rows[r] == nullptr ? nullptr : rows[r] + ow0 * g.stride * g.cin;
       }
-      tiles[width - 1](tile_rows, g, w + co, bias + co, y_row + ow0 * g.cout + co);
+      const int64_t out = ow0 * g.cout + co;
+      tiles[width - 1](tile_rows, g, w + co, bias + co,
+                       res_row == nullptr ? nullptr : res_row + out, y_row + out);
       ow0 += width;
     }
   }
 }
 
-using RowFn = void (*)(const float* const*, const Geometry&, const float*, const float*, float*);
+using RowFn = void (*)(const float* const*, const Geometry&, const float*, const float*,
+                       const float*, float*);
 
 RowFn ChooseRow(int64_t cout) {
   const int64_t blocks = cout / kLanes;
@@ -143,7 +152,7 @@ RowFn ChooseRow(int64_t cout) {
 // Output row i = (n, oh): gathers its tap rows (copied with zero columns when padded) and runs
 // the tiles. buffer: scratch of the calling worker.
 void OutputRow(int64_t i, const Geometry& g, RowFn row_fn, const float* x, const float* w,
-               const float* bias, float* y, std::vector<float>& buffer) {
+               const float* bias, const float* res, float* y, std::vector<float>& buffer) {
   const int64_t n = i / g.oh, oh = i % g.oh;
   const float* rows[kMaxRows];
   if (g.needs_row_copy) buffer.resize(g.kh * g.padded_w * g.cin);
@@ -161,18 +170,20 @@ void OutputRow(int64_t i, const Geometry& g, RowFn row_fn, const float* x, const
     float* dst = buffer.data() + r * g.padded_w * g.cin;
     const int64_t left = std::min(g.pad_left, g.padded_w);
     const int64_t inside = std::max<int64_t>(0, std::min(g.w, g.padded_w - g.pad_left));
-    std::fill(dst, dst + left * g.cin, 0.0f);
-    std::copy(src, src + inside * g.cin, dst + g.pad_left * g.cin);
-    std::fill(dst + (g.pad_left + inside) * g.cin, dst + g.padded_w * g.cin, 0.0f);
+    std::fill(dst, dst + left * g.cin, 0.0f);  // [0, left): zero padding
+    if (inside > 0) std::copy(src, src + inside * g.cin, dst + g.pad_left * g.cin);
+    // [left + inside, padded_w): zero padding (empty when the row is all left padding)
+    std::fill(dst + (left + inside) * g.cin, dst + g.padded_w * g.cin, 0.0f);
     rows[r] = dst;
   }
-  row_fn(rows, g, w, bias, y + i * g.ow * g.cout);
+  const int64_t out = i * g.ow * g.cout;
+  row_fn(rows, g, w, bias, res == nullptr ? nullptr : res + out, y + out);
 }
 
 struct Job {
   Geometry g;
   RowFn row_fn;
-  const float *x, *w, *bias;
+  const float *x, *w, *bias, *res;
   float* y;
   int64_t total;
   std::atomic<int64_t> next{0};
@@ -186,14 +197,16 @@ void Work(const std::shared_ptr<Job>& job) {
   for (;;) {
     const int64_t i = job->next.fetch_add(1, std::memory_order_relaxed);
     if (i >= job->total) return;
-    OutputRow(i, job->g, job->row_fn, job->x, job->w, job->bias, job->y, buffer);
+    OutputRow(i, job->g, job->row_fn, job->x, job->w, job->bias, job->res, job->y, buffer);
     job->done.fetch_add(1, std::memory_order_release);
   }
 }
 
-ffi::Error Conv2d(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                  ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y, int64_t stride,
-                  int64_t dilation, int64_t pad_top, int64_t pad_left, bool relu) {
+// Runs the convolution; res: the residual input (nullptr: none), checked against y's shape.
+ffi::Error Run(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& w,
+               ffi::Buffer<ffi::F32>& bias, ffi::Buffer<ffi::F32>* res,
+               ffi::ResultBuffer<ffi::F32>& y, int64_t stride, int64_t dilation, int64_t pad_top,
+               int64_t pad_left, bool relu) {
   if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("fma")) {
     return ffi::Error::InvalidArgument("shiftbench_conv2d: this CPU has no AVX-512F / FMA");
   }
@@ -208,6 +221,12 @@ ffi::Error Conv2d(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi
       pad_left < 0) {
     return ffi::Error::InvalidArgument("shiftbench_conv2d: unsupported shapes or attributes");
   }
+  if (res != nullptr) {
+    const auto rd = res->dimensions();
+    if (rd.size() != 4 || rd[0] != yd[0] || rd[1] != yd[1] || rd[2] != yd[2] || rd[3] != yd[3]) {
+      return ffi::Error::InvalidArgument("shiftbench_conv2d: the residual must have y's shape");
+    }
+  }
   g.padded_w = (g.ow - 1) * stride + (g.kw - 1) * dilation + 1;
   g.needs_row_copy = pad_left > 0 || g.padded_w > g.w;
   auto job = std::make_shared<Job>();
@@ -216,6 +235,7 @@ ffi::Error Conv2d(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi
   job->x = x.typed_data();
   job->w = w.typed_data();
   job->bias = bias.typed_data();
+  job->res = res == nullptr ? nullptr : res->typed_data();
   job->y = y->typed_data();
   job->total = g.n * g.oh;
   if (job->total == 0 || g.ow == 0) return ffi::Error::Success();
@@ -226,15 +246,42 @@ ffi::Error Conv2d(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi
   return ffi::Error::Success();
 }
 
+ffi::Error Conv2d(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                  ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y, int64_t stride,
+                  int64_t dilation, int64_t pad_top, int64_t pad_left, bool relu) {
+  return Run(pool, x, w, bias, nullptr, y, stride, dilation, pad_top, pad_left, relu);
+}
+
+ffi::Error Conv2dResidual(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                          ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> res,
+                          ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t dilation,
+                          int64_t pad_top, int64_t pad_left, bool relu) {
+  return Run(pool, x, w, bias, &res, y, stride, dilation, pad_top, pad_left, relu);
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ShiftbenchConv2d, Conv2d,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // y
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("dilation")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left")
+                                  .Attr<bool>("relu"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ShiftbenchConv2dResidual, Conv2dResidual,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // residual
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // y
                                   .Attr<int64_t>("stride")
                                   .Attr<int64_t>("dilation")
                                   .Attr<int64_t>("pad_top")

@@ -31,6 +31,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -49,6 +50,7 @@ from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 TARGET = "shiftbench_conv2d"
+TARGET_RESIDUAL = "shiftbench_conv2d_residual"
 LANES = 16  # output channels per AVX-512 register: Cout must be a multiple of it
 MAX_KERNEL_ROWS = 16  # kernel heights the .cc handles (row pointers on its stack)
 OPT_OUT_ENV = "SHIFTBENCH_CPU_CONV"
@@ -108,12 +110,20 @@ def build() -> Path:
     # Built under a temporary name and renamed: concurrent processes never load half a file.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
-    cmd = [compiler, *CXX_FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        os.unlink(tmp)
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
-    os.replace(tmp, path)
+    cmd = [*shlex.split(compiler), *CXX_FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE)]
+    try:
+        done = subprocess.run([*cmd, "-o", tmp], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o755 & ~umask)  # mkstemp made it private; the cache may be shared
+        os.replace(tmp, path)
+    except OSError as e:  # the compiler could not be started
+        raise RuntimeError(f"{' '.join(cmd)} failed: {e}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
 
 
@@ -130,8 +140,11 @@ def available() -> bool:
     except (RuntimeError, OSError, AttributeError) as e:
         logging.warning("cpu_conv: using XLA's convolution instead of the kernel: %s", e)
         return False
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.ShiftbenchConv2d), "cpu")
-    jax.ffi.register_ffi_target_as_batch_partitionable(TARGET)
+    for target, symbol in (
+        (TARGET, "ShiftbenchConv2d"),
+        (TARGET_RESIDUAL, "ShiftbenchConv2dResidual"),
+    ):
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), "cpu")
     return True
 
 
@@ -159,32 +172,30 @@ def _output_size(size: int, pads: tuple[int, int], k: int, stride: int, dilation
     return (size + pads[0] + pads[1] - dilation * (k - 1) - 1) // stride + 1
 
 
-def _xla_conv(x, kernel, bias, stride, dilation, pads, relu):
-    y = (
-        lax.conv_general_dilated(
-            x,
-            kernel,
-            (stride, stride),
-            pads,
-            rhs_dilation=(dilation, dilation),
-            dimension_numbers=_NHWC,
-        )
-        + bias
+def _xla_conv(x, kernel, bias, residual, stride, dilation, pads, relu):
+    y = lax.conv_general_dilated(
+        x,
+        kernel,
+        (stride, stride),
+        pads,
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=_NHWC,
     )
+    y = y + bias if residual is None else y + bias + residual
     return jnp.maximum(y, 0.0) if relu else y
 
 
-def _kernel_call(x, kernel, bias, stride, dilation, pads, relu):
+def _kernel_call(x, kernel, bias, residual, stride, dilation, pads, relu):
     """The custom call on one device's arrays: x [N, H, W, Cin] -> [N, oh, ow, Cout]."""
     n, h, w, _ = x.shape
     kh, kw, _, cout = kernel.shape
     oh = _output_size(h, pads[0], kh, stride, dilation)
     ow = _output_size(w, pads[1], kw, stride, dilation)
-    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((n, oh, ow, cout), jnp.float32))
+    operands = (x, kernel, bias) if residual is None else (x, kernel, bias, residual)
+    target = TARGET if residual is None else TARGET_RESIDUAL
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((n, oh, ow, cout), jnp.float32))
     return call(
-        x,
-        kernel,
-        bias,
+        *operands,
         stride=np.int64(stride),
         dilation=np.int64(dilation),
         pad_top=np.int64(pads[0][0]),
@@ -200,14 +211,16 @@ def _batch_sharding(mesh, sharding) -> NamedSharding:
 
 
 def _partition(stride, dilation, pads, relu, mesh, arg_shapes, result_shape):
+    """x and the residual (if any) sharded on their batch axis, kernel and bias replicated."""
     del result_shape
-    x_sharding = _batch_sharding(mesh, arg_shapes[0].sharding)
+    batch = _batch_sharding(mesh, arg_shapes[0].sharding)
     replicated = NamedSharding(mesh, P())
 
-    def lower(x, kernel, bias):
-        return _kernel_call(x, kernel, bias, stride, dilation, pads, relu)
+    def lower(x, kernel, bias, *residual):
+        res = residual[0] if residual else None
+        return _kernel_call(x, kernel, bias, res, stride, dilation, pads, relu)
 
-    return mesh, lower, x_sharding, (x_sharding, replicated, replicated)
+    return mesh, lower, batch, (batch, replicated, replicated, batch)[: len(arg_shapes)]
 
 
 def _infer_sharding(stride, dilation, pads, relu, mesh, arg_shapes, result_shape):
@@ -215,37 +228,64 @@ def _infer_sharding(stride, dilation, pads, relu, mesh, arg_shapes, result_shape
     return _batch_sharding(mesh, arg_shapes[0].sharding)
 
 
-# Sharded along the batch axis only: each device convolves its own images with the whole kernel.
-_partitioned_call = custom_partitioning(_kernel_call, static_argnums=(3, 4, 5, 6))
-_partitioned_call.def_partition(
-    partition=_partition,
-    infer_sharding_from_operands=_infer_sharding,
-    sharding_rule="n h w c, i j c d, d -> n o p d",
-    need_replication_factors=("h", "w", "c", "i", "j", "d", "o", "p"),
-)
+def _partitioned(kernel_call, operands: str):
+    """`kernel_call` sharded along the batch axis only: each device convolves its own images
+    with the whole kernel. operands: the Shardy rule's operand factors."""
+    n = len(operands.split(","))  # then stride, dilation, pads, relu: static
+    fn = custom_partitioning(kernel_call, static_argnums=tuple(range(n, n + 4)))
+    fn.def_partition(
+        partition=_partition,
+        infer_sharding_from_operands=_infer_sharding,
+        sharding_rule=f"{operands} -> n o p d",
+        need_replication_factors=("h", "w", "c", "i", "j", "d", "o", "p"),
+    )
+    return fn
 
 
-def _kernel_conv(x, kernel, bias, stride, dilation, pads, relu):
-    """The kernel with batching: vmap over x alone folds the vmapped axis into N; vmap over
-    the kernel or bias goes to XLA's convolution."""
+def _plain_call(x, kernel, bias, stride, dilation, pads, relu):
+    return _kernel_call(x, kernel, bias, None, stride, dilation, pads, relu)
+
+
+def _residual_call(x, kernel, bias, residual, stride, dilation, pads, relu):
+    return _kernel_call(x, kernel, bias, residual, stride, dilation, pads, relu)
+
+
+_PARTITIONED = {
+    False: _partitioned(_plain_call, "n h w c, i j c d, d"),
+    True: _partitioned(_residual_call, "n h w c, i j c d, d, n o p d"),
+}
+
+
+def _kernel_conv(x, kernel, bias, residual, stride, dilation, pads, relu):
+    """The kernel with batching: vmap over x / the residual folds the vmapped axis into N;
+    vmap over the kernel or bias goes to XLA's convolution."""
+    static = (stride, dilation, pads, relu)
+    call = _PARTITIONED[residual is not None]
 
     @custom_vmap
-    def conv(x, kernel, bias):
-        return _partitioned_call(x, kernel, bias, stride, dilation, pads, relu)
+    def conv(*operands):
+        return call(*operands, *static)
 
     @conv.def_vmap
-    def conv_vmap(axis_size, in_batched, x, kernel, bias):
-        _, kernel_batched, bias_batched = in_batched
-        if kernel_batched or bias_batched:
-            fn = functools.partial(
-                _xla_conv, stride=stride, dilation=dilation, pads=pads, relu=relu
-            )
+    def conv_vmap(axis_size, in_batched, *operands):
+        if in_batched[1] or in_batched[2]:  # kernel or bias
+
+            def xla(*o):  # x, kernel, bias[, residual]
+                return _xla_conv(*o[:3], o[3] if len(o) == 4 else None, *static)
+
             axes = tuple(0 if b else None for b in in_batched)
-            return jax.vmap(fn, in_axes=axes)(x, kernel, bias), True
-        y = conv(x.reshape(-1, *x.shape[2:]), kernel, bias)
+            return jax.vmap(xla, in_axes=axes)(*operands), True
+        folded = [
+            (o if b else jnp.broadcast_to(o, (axis_size, *o.shape))).reshape(-1, *o.shape[-3:])
+            if i in (0, 3)
+            else o
+            for i, (o, b) in enumerate(zip(operands, in_batched, strict=True))
+        ]
+        y = conv(*folded)
         return y.reshape(axis_size, -1, *y.shape[1:]), True
 
-    return conv(x, kernel, bias)
+    operands = (x, kernel, bias) if residual is None else (x, kernel, bias, residual)
+    return conv(*operands)
 
 
 def conv2d(
@@ -256,8 +296,10 @@ def conv2d(
     dilation: int = 1,
     pads: Pads = ((0, 0), (0, 0)),
     relu: bool = False,
+    residual: ArrayLike | None = None,
 ) -> jax.Array:
-    """Zero-padded 2-D convolution + bias (+ ReLU) of an NHWC map, with the kernel on CPU.
+    """Zero-padded 2-D convolution + bias (+ residual, + ReLU) of an NHWC map, with the kernel
+    on CPU.
 
     Args:
       x: [N, H, W, Cin] float32.
@@ -265,24 +307,46 @@ def conv2d(
       bias: [Cout], added to every output pixel.
       stride, dilation: of the convolution (ints >= 1).
       pads: ((top, bottom), (left, right)) zero rows and columns, each >= 0.
-      relu: apply max(y, 0) to the result.
+      relu: apply max(y, 0) to the result (after the residual).
+      residual: None or [N, oh, ow, Cout] (float32), added to the result before the ReLU
+        (a ResNet block's shortcut).
 
     Returns:
       [N, oh, ow, Cout], oh = (H + top + bottom - dilation (kh - 1) - 1) // stride + 1 (ow
-      likewise): `lax.conv_general_dilated(x, kernel, stride, pads, rhs_dilation)` + bias.
+      likewise): `lax.conv_general_dilated(x, kernel, stride, pads, rhs_dilation)` + bias
+      (+ residual), then max(., 0) with `relu`.
       Computed by the kernel on CPU when `available()` and `supports(x, kernel)`, otherwise
       (and on every other platform) by XLA's convolution.
     """
     x, kernel = jnp.asarray(x), jnp.asarray(kernel)
-    bias = jnp.asarray(bias, x.dtype)
+    bias = jnp.broadcast_to(jnp.asarray(bias, x.dtype), kernel.shape[-1:])
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
     if any(p < 0 for pair in pads for p in pair):
         raise ValueError(f"pads must be >= 0, got {pads}")
-    args = (x, kernel, bias, stride, dilation, pads, relu)
+    static = (stride, dilation, pads, relu)
+    if residual is not None:
+        residual = jnp.asarray(residual)
+        n, h, w, _ = x.shape
+        kh, kw, _, cout = kernel.shape
+        shape = (
+            n,
+            *(_output_size(*a, stride, dilation) for a in ((h, pads[0], kh), (w, pads[1], kw))),
+            cout,
+        )
+        if residual.shape != shape or residual.dtype != x.dtype:
+            raise ValueError(
+                f"residual must be {x.dtype.name}{list(shape)}, got "
+                f"{residual.dtype.name}{list(residual.shape)}"
+            )
     if not (available() and supports(x, kernel)):
-        return _xla_conv(*args)
+        return _xla_conv(x, kernel, bias, residual, *static)
+    operands = (x, kernel, bias) if residual is None else (x, kernel, bias, residual)
+
+    def split(o):  # operands -> (x, kernel, bias, residual or None)
+        return (*o[:3], o[3] if len(o) == 4 else None)
+
     return lax.platform_dependent(
-        *args[:3],
-        cpu=lambda *a: _kernel_conv(*a, *args[3:]),
-        default=lambda *a: _xla_conv(*a, *args[3:]),
+        *operands,
+        cpu=lambda *o: _kernel_conv(*split(o), *static),
+        default=lambda *o: _xla_conv(*split(o), *static),
     )

@@ -15,9 +15,11 @@ rewrites give the same logits (up to float rounding) with less work:
   1x1 convolutions.
 - The other convolutions on the direct CPU kernel (`cpu_conv`, see `benchmarks.cpu_conv`):
   zero or circular padding, any stride and dilation, Cout a multiple of 16, float32. The
-  folded BatchNorm's shift becomes the kernel's bias (added in registers, no extra pass over
-  the map). Convolutions it does not cover, and every platform but the CPU, keep XLA's
-  convolution.
+  folded BatchNorm's shift becomes the kernel's bias, and a `models.subsampling.ReLU` layer
+  on the conv's output (with its residual, in a ResNet block) is computed inside the same
+  kernel call (in registers, no extra pass over the map). Convolutions it does not cover, and
+  every platform but the CPU, keep XLA's convolution; 1x1 convolutions it covers run on it
+  too (the residual and ReLU of ResNet-50's blocks follow a 1x1 conv).
 
 All act through `flax.linen.intercept_methods` on the layers `models/subsampling.Conv` and
 `flax.linen.BatchNorm` while the model is applied, so the architecture is not written twice.
@@ -30,7 +32,9 @@ The XLA CPU settings the package starts JAX with are in `benchmarks.xla_defaults
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +45,7 @@ import numpy as np
 from flax.core import unfreeze
 
 from benchmarks import cpu_conv
-from models.subsampling import Conv, conv_pads, pad_spatial, resolve_padding
+from models.subsampling import Conv, ReLU, conv_pads, pad_spatial, resolve_padding
 
 Path = tuple[str, ...]
 
@@ -62,8 +66,9 @@ class FastPath:
     Attributes:
       fold_batchnorm: folded BatchNorms (see `fold_batchnorm`) run as a bias add.
       conv1x1_as_dot: zero-padded 1x1 convolutions run as a matrix product.
-      cpu_conv: the other convolutions run on `benchmarks.cpu_conv`'s kernel where it covers
-        them (on CPU, where it is available).
+      cpu_conv: convolutions run on `benchmarks.cpu_conv`'s kernel where it covers them (on
+        CPU, where it is available), with the ReLU layer that follows them; this takes
+        precedence over `conv1x1_as_dot`.
     """
 
     fold_batchnorm: bool = True
@@ -84,8 +89,9 @@ def conv_batchnorm_pairs(
     (an inference BatchNorm with a bias, which takes the folded shift; with or without scale).
 
     Found by tracing `model.apply(variables, x [1, *input_shape], train=False)` (shapes only,
-    nothing is computed). A conv whose output also feeds another layer must not be folded; the
-    models of this repository have none (their convs feed only their BatchNorm).
+    nothing is computed). Pairs whose conv or BatchNorm is called more than once are left out.
+    A conv whose output also feeds another layer must not be folded; the models of this
+    repository have none (their convs feed only their BatchNorm).
 
     Returns:
       One `ConvBatchNorm` per pair, in call order.
@@ -93,11 +99,13 @@ def conv_batchnorm_pairs(
     outputs: dict[int, Path] = {}
     keep: list[Any] = []  # keeps traced outputs alive, so that their ids stay unique
     pairs: list[ConvBatchNorm] = []
+    calls: collections.Counter[Path] = collections.Counter()
 
     def record(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
         if context.method_name == "__call__":
             module = context.module
+            calls[module.path] += 1
             if isinstance(module, Conv):
                 outputs[id(out)] = module.path
                 keep.append(out)
@@ -111,7 +119,8 @@ def conv_batchnorm_pairs(
             lambda v: model.apply(v, jnp.zeros((1, *input_shape), jnp.float32), train=False),
             variables,
         )
-    return tuple(pairs)
+    # A conv or BatchNorm called more than once (shared weights) may meet other inputs.
+    return tuple(p for p in pairs if calls[p.conv] == calls[p.bn] == 1)
 
 
 def _get(tree: dict, path: Path) -> dict:
@@ -175,6 +184,10 @@ def logits_fn(
     def logits(variables: Any, images: jax.Array) -> jax.Array:
         """images [N, H, W, C] in [0, 1] -> logits [N, K]."""
         fused: set[Path] = set()  # folded BatchNorms whose shift a kernel call already added
+        # Kernel calls by id of their output: a ReLU layer on that output re-emits the call
+        # with the ReLU (and residual) inside; the first call is then unused and XLA drops it.
+        calls: dict[int, Callable[..., jax.Array]] = {}
+        keep: list[jax.Array] = []  # keeps the outputs alive, so that their ids stay unique
 
         def rewrite(next_fun, args, kwargs, context):
             module = context.module
@@ -184,13 +197,13 @@ def logits_fn(
                 if module.path in fused:
                     return args[0]
                 return args[0] + module.get_variable("params", "bias")
+            if isinstance(module, ReLU) and id(args[0]) in calls:
+                residual = args[1] if len(args) > 1 else kwargs.get("residual")
+                if residual is None or jnp.shape(residual) == args[0].shape:
+                    return calls[id(args[0])](relu=True, residual=residual)
             if not isinstance(module, Conv):
                 return next_fun(*args, **kwargs)
             kernel = module.get_variable("params", "kernel")
-            if options.conv1x1_as_dot and _is_pointwise(module):
-                s = module.stride
-                y = jnp.dot(args[0][:, ::s, ::s], kernel[0, 0])
-                return y + module.get_variable("params", "bias") if module.use_bias else y
             if options.cpu_conv and cpu_conv.supports(args[0], kernel):
                 bias = jnp.zeros(kernel.shape[-1], jnp.float32)
                 if module.use_bias:
@@ -199,7 +212,15 @@ def logits_fn(
                 if bn is not None:
                     bias = bias + _get(variables["params"], bn)["bias"]
                     fused.add(bn)
-                return _kernel_conv(module, args[0], kernel, bias)
+                call = _kernel_conv(module, args[0], kernel, bias)
+                y = call()
+                calls[id(y)] = call
+                keep.append(y)
+                return y
+            if options.conv1x1_as_dot and _is_pointwise(module):
+                s = module.stride
+                y = jnp.dot(args[0][:, ::s, ::s], kernel[0, 0])
+                return y + module.get_variable("params", "bias") if module.use_bias else y
             return next_fun(*args, **kwargs)
 
         with nn.intercept_methods(rewrite):
@@ -208,13 +229,15 @@ def logits_fn(
     return logits
 
 
-def _kernel_conv(conv: Conv, x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-    """`conv`'s convolution of x [N, H, W, Cin] + bias [Cout] on `cpu_conv.conv2d` (circular
-    padding as a wrapped map with no zero pads)."""
+def _kernel_conv(
+    conv: Conv, x: jax.Array, kernel: jax.Array, bias: jax.Array
+) -> Callable[..., jax.Array]:
+    """`call(relu=False, residual=None)`: `conv`'s convolution of x [N, H, W, Cin] + bias
+    [Cout] on `cpu_conv.conv2d` (circular padding as a wrapped map with no zero pads)."""
     pads = conv_pads(conv.padding, kernel.shape[:2], conv.dilation, conv.padding_mode)
     if conv.padding_mode == "circular":
         x, pads = pad_spatial(x, pads, "circular"), ((0, 0), (0, 0))
-    return cpu_conv.conv2d(x, kernel, bias, conv.stride, conv.dilation, pads)
+    return functools.partial(cpu_conv.conv2d, x, kernel, bias, conv.stride, conv.dilation, pads)
 
 
 def prepare(

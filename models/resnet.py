@@ -20,7 +20,7 @@ import jax
 from jax.typing import ArrayLike
 
 from models.preprocessing import KerasPort
-from models.subsampling import Conv, Subsampler, global_avg_pool, max_pool
+from models.subsampling import Conv, ReLU, Subsampler, global_avg_pool, max_pool
 
 STACKS = ((64, 3), (128, 4), (256, 6), (512, 3))  # (bottleneck width, blocks) of conv2..conv5
 IMAGE_SIZE = 224
@@ -63,12 +63,12 @@ class ResNet50(KerasPort):
         self, x: jax.Array, width: int, sub: Subsampler, shortcut: bool, name: str, train: bool
     ) -> jax.Array:
         """Keras residual_block_v1: x [N, H, W, C] -> [N, H / f, W / f, 4 width], f = sub.factor."""
-        h = nn.relu(
+        h = ReLU()(
             self._conv_bn(x, width, 1, sub.op_stride, "VALID", sub.dilation, f"{name}_1", train)
         )
         phase = sub.phase(h)
         h = sub.downsample(h, phase)
-        h = nn.relu(self._conv_bn(h, width, 3, 1, "SAME", sub.out_dilation, f"{name}_2", train))
+        h = ReLU()(self._conv_bn(h, width, 3, 1, "SAME", sub.out_dilation, f"{name}_2", train))
         h = self._conv_bn(h, 4 * width, 1, 1, "VALID", sub.out_dilation, f"{name}_3", train)
         if shortcut:
             x = sub.downsample(
@@ -77,13 +77,13 @@ class ResNet50(KerasPort):
                 ),
                 phase,
             )
-        return nn.relu(x + h)
+        return ReLU()(h, x)
 
     @nn.compact
     def __call__(self, x: ArrayLike, train: bool = False) -> tuple[jax.Array, dict]:
         """x [N, H, W, 3] in [0, 1] -> (logits [N, 1000], per-stage feature maps)."""
         sub = self._subsampler(1, 1)
-        h = nn.relu(self._conv_bn(self._preprocess(x), 64, 7, sub.op_stride, 3, 1, "conv1", train))
+        h = ReLU()(self._conv_bn(self._preprocess(x), 64, 7, sub.op_stride, 3, 1, "conv1", train))
         h = sub.downsample(h)
         sub = self._subsampler(1, sub.out_dilation)
         h = sub.downsample(max_pool(h, 3, sub.op_stride, 1, sub.dilation, self.padding))

@@ -42,6 +42,7 @@ from models.subsampling import (
     PADDING_MODES,
     STRIDE_MODES,
     Conv,
+    ReLU,
     Subsampler,
     check_choice,
     check_int,
@@ -181,7 +182,7 @@ class VGGSmall(SmallNet):
                 h = max_pool(h, 2, sub.op_stride, "VALID", dilation, self.padding)
                 h, dilation = sub.downsample(h), sub.out_dilation
             for _ in range(self.depth):
-                h = nn.relu(
+                h = ReLU()(
                     ConvBN(self.width * 2 ** (stage - 1), 3, 1, dilation, self.padding)(h, train)
                 )
             features[f"stage{stage}"] = h
@@ -198,10 +199,10 @@ class AllConvNet(SmallNet):
         for stage, width in enumerate((self.width, 2 * self.width, 2 * self.width), start=1):
             if stage > 1:
                 sub = self._subsampler(stage, dilation)
-                h = nn.relu(ConvBN(width, 3, sub.op_stride, dilation, self.padding)(h, train))
+                h = ReLU()(ConvBN(width, 3, sub.op_stride, dilation, self.padding)(h, train))
                 h, dilation = sub.downsample(h), sub.out_dilation
             for _ in range(self.depth):
-                h = nn.relu(ConvBN(width, 3, 1, dilation, self.padding)(h, train))
+                h = ReLU()(ConvBN(width, 3, 1, dilation, self.padding)(h, train))
             features[f"stage{stage}"] = h
         return self._head(h, dilation), features
 
@@ -221,19 +222,19 @@ class BasicBlock(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         """x [N, H, W, Cin] -> [N, H / f, W / f, features] (dense for 'full')."""
         sub, pm = self.sub, self.sub.padding_mode
-        h = nn.relu(ConvBN(self.features, 3, sub.op_stride, sub.dilation, pm)(x, train))
+        h = ReLU()(ConvBN(self.features, 3, sub.op_stride, sub.dilation, pm)(x, train))
         phase = sub.phase(h)
         h = sub.downsample(h, phase)
         h = ConvBN(self.features, 3, 1, sub.out_dilation, pm)(h, train)
         if sub.factor == 1 and x.shape[-1] == self.features:
-            return nn.relu(h + x)
+            return ReLU()(h, x)
         if self.shortcut == "B":
             s = ConvBN(self.features, 1, sub.op_stride, sub.dilation, pm, name="shortcut")(x, train)
         else:
             s = x[:, :: sub.op_stride, :: sub.op_stride]
             extra = self.features - x.shape[-1]
             s = jnp.pad(s, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
-        return nn.relu(h + sub.downsample(s, phase))
+        return ReLU()(h, sub.downsample(s, phase))
 
 
 class CifarResNet(SmallNet):
@@ -253,7 +254,7 @@ class CifarResNet(SmallNet):
     @nn.compact
     def __call__(self, x: ArrayLike, train: bool = False):
         """x [N, H, W, C] in [0, 1] -> (logits [N, K], {'stage1'..'stage3': [N, h, w, c]})."""
-        h = nn.relu(
+        h = ReLU()(
             ConvBN(self.width, 3, 1, 1, self.padding, name="stem")(self._normalise(x), train)
         )
         dilation, features = 1, {}

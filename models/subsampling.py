@@ -498,3 +498,16 @@ class Conv(nn.Module):
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,))
         return y
+
+
+class ReLU(nn.Module):
+    """max(x + residual, 0) as a layer, without variables: `ReLU()(x)` or `ReLU()(x, residual)`
+    (a ResNet block's output). A layer rather than `nn.relu` so that inference rewrites see it:
+    `benchmarks.fastpath` computes it inside the convolution that produces x.
+
+    __call__(x [...], residual [...] or None) -> [...] (x's shape).
+    """
+
+    def __call__(self, x: ArrayLike, residual: ArrayLike | None = None) -> jax.Array:
+        """max(x + residual, 0) (residual None: max(x, 0))."""
+        return nn.relu(x if residual is None else x + residual)

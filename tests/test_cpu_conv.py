@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 from jax import lax
 
 from benchmarks import classifiers, cpu_conv, fastpath
-from models import registry
+from models import registry, subsampling
 
 needs_kernel = pytest.mark.skipif(
     not cpu_conv.available(), reason="cpu_conv kernel unavailable (needs x86-64 AVX-512 and g++)"
@@ -63,6 +64,8 @@ CASES = [
     (1, 1, 1, 1, 16, (3, 3), 1, 1, ((1, 1), (1, 1)), False),
     (2, 16, 40, 32, 128, (3, 3), 1, 1, ((0, 0), (0, 0)), True),
     (2, 9, 9, 16, 32, (3, 3), 3, 2, ((5, 0), (0, 5)), False),
+    (1, 1, 1, 4, 16, (1, 1), 3, 1, ((0, 0), (5, 0)), False),  # rows all left padding
+    (2, 3, 4, 2, 16, (2, 2), 4, 1, ((6, 6), (7, 2)), True),
 ]
 
 
@@ -77,6 +80,26 @@ def test_kernel_matches_xla_convolution(case):
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
     assert "shiftbench_conv2d" in _hlo(fn, x, kernel, bias)  # the kernel computed it
+
+
+@needs_kernel
+@pytest.mark.parametrize("relu", [False, True])
+def test_residual_is_added_before_the_relu(relu):
+    x, kernel, bias = _arrays(3, 9, 11, 8, 48, (3, 3))
+    pads = ((1, 1), (1, 1))
+    residual = np.random.default_rng(5).standard_normal((3, 9, 11, 48), np.float32)
+    fn = jax.jit(lambda x, r: cpu_conv.conv2d(x, kernel, bias, 1, 1, pads, relu, residual=r))
+    expected = _xla(x, kernel, bias, 1, 1, pads, False) + residual
+    expected = np.maximum(expected, 0) if relu else expected
+    np.testing.assert_allclose(fn(x, residual), expected, rtol=1e-5, atol=1e-5)
+    assert 'custom_call_target="shiftbench_conv2d_residual"' in _hlo(fn, x, residual)
+    # vmap over x and the residual together, and over the residual alone.
+    both = jax.vmap(fn)(x[None].repeat(2, 0), residual[None].repeat(2, 0))
+    np.testing.assert_allclose(both[1], expected, rtol=1e-5, atol=1e-5)
+    alone = jax.vmap(lambda r: fn(x, r))(np.stack([residual, 0 * residual]))
+    np.testing.assert_allclose(alone[0], expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"residual must be float32\[3, 9, 11, 48\]"):
+        cpu_conv.conv2d(x, kernel, bias, 1, 1, pads, relu, residual=residual[:, :8])
 
 
 @needs_kernel
@@ -211,12 +234,13 @@ def test_cache_key_follows_the_source_and_flags(monkeypatch, tmp_path):
     assert cpu_conv._library_path("g++") != first
 
 
-def test_failed_build_names_the_compiler_output(monkeypatch, tmp_path):
+@pytest.mark.parametrize("compiler", ["false", "/nonexistent/g++"])
+def test_failed_build_names_the_compiler_output(monkeypatch, tmp_path, compiler):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
+    monkeypatch.setenv("CXX", compiler)  # fails, or cannot be started
     with pytest.raises(RuntimeError, match="failed"):
         cpu_conv.build()
-    assert not list((tmp_path / "shiftbench").glob("*.so"))  # nothing half-built left
+    assert not list((tmp_path / "shiftbench").iterdir())  # nothing half-built left
 
 
 # --- the fast path on the kernel ---------------------------------------------------------------
@@ -241,9 +265,13 @@ def test_fast_path_on_the_kernel_matches_the_plain_model(fields):
     plain = np.asarray(jax.jit(lambda v, x: model.apply(v, x)[0])(variables, x))
     logits, fast_variables = fastpath.prepare(model, variables, (size, size, 3))
     hlo = _hlo(logits, fast_variables, x)
-    # Every 3x3 conv (19, all with Cout 16 / 32 / 64) runs on the kernel, none on XLA's.
-    assert hlo.count('custom_call_target="shiftbench_conv2d"') == 19
+    # Every 3x3 conv (19, all with Cout 16 / 32 / 64) runs on the kernel, none on XLA's, each
+    # with its ReLU inside: the 10 of conv + BN + ReLU, the 9 of the blocks' outputs with the
+    # residual add. No ReLU is left outside the kernel, and no unused call.
+    assert hlo.count('custom_call_target="shiftbench_conv2d"') == 10
+    assert hlo.count('custom_call_target="shiftbench_conv2d_residual"') == 9
     assert " convolution(" not in hlo
+    assert " maximum(" not in hlo
     fast = np.asarray(jax.jit(logits)(fast_variables, x))
     scale = np.abs(plain).max()
     np.testing.assert_allclose(fast / scale, plain / scale, atol=2e-5)
@@ -251,6 +279,26 @@ def test_fast_path_on_the_kernel_matches_the_plain_model(fields):
     off, v = fastpath.prepare(model, variables, (size, size, 3), fastpath.FastPath(cpu_conv=False))
     assert "shiftbench_conv2d" not in _hlo(off, v, x)
     np.testing.assert_allclose(jax.jit(off)(v, x) / scale, plain / scale, atol=2e-5)
+
+
+class _SharedConv(nn.Module):
+    """One conv applied twice, its BatchNorm on one of the outputs: nothing may be folded."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        conv = subsampling.Conv(16, 3)
+        h = nn.BatchNorm(use_running_average=True)(conv(x))
+        return subsampling.ReLU()(h, conv(2 * x)), {}
+
+
+def test_shared_conv_is_not_folded_or_fused():
+    model = _SharedConv()
+    variables = classifiers.random_variables(model, (6, 6, 3))
+    x = jnp.asarray(np.random.default_rng(2).random((2, 6, 6, 3), np.float32))
+    assert fastpath.conv_batchnorm_pairs(model, variables, (6, 6, 3)) == ()
+    logits, fast_variables = fastpath.prepare(model, variables, (6, 6, 3))
+    plain = model.apply(variables, x)[0]
+    np.testing.assert_allclose(jax.jit(logits)(fast_variables, x), plain, rtol=1e-5, atol=1e-5)
 
 
 def test_identity_says_whether_the_kernel_computes():

@@ -48,7 +48,8 @@ class Classifier:
         """(logits_fn, variables) to hand the evaluator for images [H, W, C] = input_shape.
 
         fast: `benchmarks.fastpath`'s inference rewrites (BatchNorm folded into the conv
-        before it, 1x1 convs as dots; they act on `models.subsampling.Conv` layers, so
+        before it, convs and their ReLU on the direct CPU kernel of `benchmarks.cpu_conv`,
+        else 1x1 convs as dots; they act on `models.subsampling.Conv` layers, so
         EfficientNet-Lite's own conv layers run unchanged): the same logits up to float
         rounding (tested to 2e-5 of the largest logit, same top-1), fewer passes over memory.
         Else `logits` and the variables as loaded.

@@ -3,7 +3,8 @@
 // y[n, oh, ow, co] = relu?(bias[co] + sum_{kh, kw, ci} x[n, oh*s + kh*d - pt, ow*s + kw*d - pl, ci]
 //                                                      * w[kh, kw, ci, co]
 //                           + residual?[n, oh, ow, co])
-// with zeros outside x (zero padding). Float32 in and out, accumulation in float32 in the
+// with zeros outside x (zero padding), or with x wrapped around (circular padding: indices
+// modulo H and W). Float32 in and out, accumulation in float32 in the
 // order kh, kw, ci; the residual (a ResNet block's shortcut) and the ReLU are applied in
 // registers before the store, as oneDNN's post-ops.
 //
@@ -36,6 +37,9 @@ namespace {
 
 constexpr int kLanes = 16;   // float32 lanes of a 512-bit register
 constexpr int kMaxRows = 16;  // largest kernel height handled (row pointers on the stack)
+// Pixels per work item of a pointwise conv: a multiple of every tile width (24, 12, 8, 6), so
+// that its pixels, taken as one flat row, split into full register tiles.
+constexpr int64_t kFlatRow = 48;
 
 struct Geometry {
   int64_t n, h, w, cin;    // input
@@ -43,8 +47,10 @@ struct Geometry {
   int64_t oh, ow;          // output
   int64_t stride, dilation, pad_top, pad_left;
   bool relu;
+  bool circular;           // padding wraps around (else zeros)
   int64_t padded_w;        // columns of one padded input row: (ow - 1) * s + (kw - 1) * d + 1
   bool needs_row_copy;     // horizontal zero padding: rows are copied into a padded buffer
+  int64_t last_width;      // output pixels of the last row of each image (ow but when flat)
 };
 
 // One register tile: TW consecutive output pixels of one row x OCB blocks of 16 channels.
@@ -114,19 +120,19 @@ const std::array<TileFn, kMaxTile<OCB>>& Tiles() {
   return table;
 }
 
-// All tiles of one output row with OCB-wide channel blocks.
+// All tiles of one output row (ow pixels) with OCB-wide channel blocks.
 template <int OCB>
-void RowWithBlocks(const float* const* rows, const Geometry& g, const float* w, const float* bias,
-                   const float* res_row, float* y_row) {
+void RowWithBlocks(const float* const* rows, const Geometry& g, int64_t ow, const float* w,
+                   const float* bias, const float* res_row, float* y_row) {
   const auto& tiles = Tiles<OCB>();
   const int64_t max_tile = kMaxTile<OCB>;
-  const int64_t num_tiles = (g.ow + max_tile - 1) / max_tile;
+  const int64_t num_tiles = (ow + max_tile - 1) / max_tile;
   const float* tile_rows[kMaxRows];
   for (int64_t co = 0; co < g.cout; co += OCB * kLanes) {
     int64_t ow0 = 0;
     for (int64_t t = 0; t < num_tiles; ++t) {
       // Near-equal tile widths (e.g. 32 = 16 + 16, not 24 + 8).
-      const int64_t width = (g.ow - ow0) / (num_tiles - t);
+      const int64_t width = (ow - ow0) / (num_tiles - t);
       for (int64_t r = 0; r < g.kh; ++r) {
         tile_rows[r] = rows[r] == nullptr ? nullptr : rows[r] + ow0 * g.stride * g.cin;
       }
@@ -138,8 +144,8 @@ void RowWithBlocks(const float* const* rows, const Geometry& g, const float* w, 
   }
 }
 
-using RowFn = void (*)(const float* const*, const Geometry&, const float*, const float*,
-                       const float*, float*);
+using RowFn = void (*)(const float* const*, const Geometry&, int64_t, const float*,
+                       const float*, const float*, float*);
 
 RowFn ChooseRow(int64_t cout) {
   const int64_t blocks = cout / kLanes;
@@ -157,7 +163,8 @@ void OutputRow(int64_t i, const Geometry& g, RowFn row_fn, const float* x, const
   const float* rows[kMaxRows];
   if (g.needs_row_copy) buffer.resize(g.kh * g.padded_w * g.cin);
   for (int64_t r = 0; r < g.kh; ++r) {
-    const int64_t ih = oh * g.stride + r * g.dilation - g.pad_top;
+    int64_t ih = oh * g.stride + r * g.dilation - g.pad_top;
+    if (g.circular) ih = (ih % g.h + g.h) % g.h;
     if (ih < 0 || ih >= g.h) {
       rows[r] = nullptr;
       continue;
@@ -168,6 +175,14 @@ void OutputRow(int64_t i, const Geometry& g, RowFn row_fn, const float* x, const
       continue;
     }
     float* dst = buffer.data() + r * g.padded_w * g.cin;
+    if (g.circular) {  // column c of the padded row is input column (c - pad_left) mod W
+      for (int64_t c = 0; c < g.padded_w; ++c) {
+        const int64_t iw = ((c - g.pad_left) % g.w + g.w) % g.w;
+        std::copy(src + iw * g.cin, src + (iw + 1) * g.cin, dst + c * g.cin);
+      }
+      rows[r] = dst;
+      continue;
+    }
     const int64_t left = std::min(g.pad_left, g.padded_w);
     const int64_t inside = std::max<int64_t>(0, std::min(g.w, g.padded_w - g.pad_left));
     std::fill(dst, dst + left * g.cin, 0.0f);  // [0, left): zero padding
@@ -177,7 +192,8 @@ void OutputRow(int64_t i, const Geometry& g, RowFn row_fn, const float* x, const
     rows[r] = dst;
   }
   const int64_t out = i * g.ow * g.cout;
-  row_fn(rows, g, w, bias, res == nullptr ? nullptr : res + out, y + out);
+  const int64_t width = oh == g.oh - 1 ? g.last_width : g.ow;
+  row_fn(rows, g, width, w, bias, res == nullptr ? nullptr : res + out, y + out);
 }
 
 struct Job {
@@ -206,7 +222,7 @@ void Work(const std::shared_ptr<Job>& job) {
 ffi::Error Run(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& w,
                ffi::Buffer<ffi::F32>& bias, ffi::Buffer<ffi::F32>* res,
                ffi::ResultBuffer<ffi::F32>& y, int64_t stride, int64_t dilation, int64_t pad_top,
-               int64_t pad_left, bool relu) {
+               int64_t pad_left, bool relu, bool circular) {
   if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("fma")) {
     return ffi::Error::InvalidArgument("shiftbench_conv2d: this CPU has no AVX-512F / FMA");
   }
@@ -215,17 +231,31 @@ ffi::Error Run(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi:
     return ffi::Error::InvalidArgument("shiftbench_conv2d: expects x, w, y of rank 4, bias 1");
   }
   Geometry g{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2],
-             stride, dilation, pad_top, pad_left, relu, 0, false};
+             stride, dilation, pad_top, pad_left, relu, circular, 0, false, yd[2]};
   if (wd[2] != g.cin || yd[0] != g.n || yd[3] != g.cout || bias.dimensions()[0] != g.cout ||
       g.cout % kLanes != 0 || g.kh > kMaxRows || stride < 1 || dilation < 1 || pad_top < 0 ||
       pad_left < 0) {
     return ffi::Error::InvalidArgument("shiftbench_conv2d: unsupported shapes or attributes");
+  }
+  if (circular && (g.h == 0 || g.w == 0)) {
+    return ffi::Error::InvalidArgument("shiftbench_conv2d: circular padding of an empty map");
   }
   if (res != nullptr) {
     const auto rd = res->dimensions();
     if (rd.size() != 4 || rd[0] != yd[0] || rd[1] != yd[1] || rd[2] != yd[2] || rd[3] != yd[3]) {
       return ffi::Error::InvalidArgument("shiftbench_conv2d: the residual must have y's shape");
     }
+  }
+  const int64_t pixels = g.n * g.oh * g.ow;
+  if (g.kh == 1 && g.kw == 1 && stride == 1 && pad_top == 0 && pad_left == 0 && g.oh == g.h &&
+      g.ow == g.w && pixels > 0) {
+    // Pointwise: every pixel is independent, so all images are one flat map of kFlatRow-pixel
+    // rows (the last one shorter), whatever the map's own width (7 px rows waste tiles).
+    g.n = 1;
+    const int64_t rows = (pixels + kFlatRow - 1) / kFlatRow;
+    g.w = g.ow = std::min(pixels, ((pixels + rows - 1) / rows + 5) / 6 * 6);  // near-equal rows
+    g.h = g.oh = (pixels + g.ow - 1) / g.ow;
+    g.last_width = pixels - (g.oh - 1) * g.ow;
   }
   g.padded_w = (g.ow - 1) * stride + (g.kw - 1) * dilation + 1;
   g.needs_row_copy = pad_left > 0 || g.padded_w > g.w;
@@ -248,15 +278,16 @@ ffi::Error Run(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi:
 
 ffi::Error Conv2d(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                   ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y, int64_t stride,
-                  int64_t dilation, int64_t pad_top, int64_t pad_left, bool relu) {
-  return Run(pool, x, w, bias, nullptr, y, stride, dilation, pad_top, pad_left, relu);
+                  int64_t dilation, int64_t pad_top, int64_t pad_left, bool relu,
+                  bool circular) {
+  return Run(pool, x, w, bias, nullptr, y, stride, dilation, pad_top, pad_left, relu, circular);
 }
 
 ffi::Error Conv2dResidual(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                           ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> res,
                           ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t dilation,
-                          int64_t pad_top, int64_t pad_left, bool relu) {
-  return Run(pool, x, w, bias, &res, y, stride, dilation, pad_top, pad_left, relu);
+                          int64_t pad_top, int64_t pad_left, bool relu, bool circular) {
+  return Run(pool, x, w, bias, &res, y, stride, dilation, pad_top, pad_left, relu, circular);
 }
 
 }  // namespace
@@ -272,7 +303,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ShiftbenchConv2d, Conv2d,
                                   .Attr<int64_t>("dilation")
                                   .Attr<int64_t>("pad_top")
                                   .Attr<int64_t>("pad_left")
-                                  .Attr<bool>("relu"));
+                                  .Attr<bool>("relu")
+                                  .Attr<bool>("circular"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ShiftbenchConv2dResidual, Conv2dResidual,
                               ffi::Ffi::Bind()
@@ -286,4 +318,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ShiftbenchConv2dResidual, Conv2dResidual,
                                   .Attr<int64_t>("dilation")
                                   .Attr<int64_t>("pad_top")
                                   .Attr<int64_t>("pad_left")
-                                  .Attr<bool>("relu"));
+                                  .Attr<bool>("relu")
+                                  .Attr<bool>("circular"));

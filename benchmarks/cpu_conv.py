@@ -51,6 +51,7 @@ from jax.typing import ArrayLike
 
 TARGET = "shiftbench_conv2d"
 TARGET_RESIDUAL = "shiftbench_conv2d_residual"
+PADDING_MODES = ("zero", "circular")
 LANES = 16  # output channels per AVX-512 register: Cout must be a multiple of it
 MAX_KERNEL_ROWS = 16  # kernel heights the .cc handles (row pointers on its stack)
 OPT_OUT_ENV = "SHIFTBENCH_CPU_CONV"
@@ -172,7 +173,9 @@ def _output_size(size: int, pads: tuple[int, int], k: int, stride: int, dilation
     return (size + pads[0] + pads[1] - dilation * (k - 1) - 1) // stride + 1
 
 
-def _xla_conv(x, kernel, bias, residual, stride, dilation, pads, relu):
+def _xla_conv(x, kernel, bias, residual, stride, dilation, pads, relu, circular):
+    if circular:  # the wrapped map, then no zero pads
+        x, pads = jnp.pad(x, ((0, 0), *pads, (0, 0)), mode="wrap"), ((0, 0), (0, 0))
     y = lax.conv_general_dilated(
         x,
         kernel,
@@ -185,7 +188,7 @@ def _xla_conv(x, kernel, bias, residual, stride, dilation, pads, relu):
     return jnp.maximum(y, 0.0) if relu else y
 
 
-def _kernel_call(x, kernel, bias, residual, stride, dilation, pads, relu):
+def _kernel_call(x, kernel, bias, residual, stride, dilation, pads, relu, circular):
     """The custom call on one device's arrays: x [N, H, W, Cin] -> [N, oh, ow, Cout]."""
     n, h, w, _ = x.shape
     kh, kw, _, cout = kernel.shape
@@ -201,6 +204,7 @@ def _kernel_call(x, kernel, bias, residual, stride, dilation, pads, relu):
         pad_top=np.int64(pads[0][0]),
         pad_left=np.int64(pads[1][0]),
         relu=bool(relu),
+        circular=bool(circular),
     )
 
 
@@ -210,7 +214,7 @@ def _batch_sharding(mesh, sharding) -> NamedSharding:
     return NamedSharding(mesh, P(spec[0] if spec else None))
 
 
-def _partition(stride, dilation, pads, relu, mesh, arg_shapes, result_shape):
+def _partition(stride, dilation, pads, relu, circular, mesh, arg_shapes, result_shape):
     """x and the residual (if any) sharded on their batch axis, kernel and bias replicated."""
     del result_shape
     batch = _batch_sharding(mesh, arg_shapes[0].sharding)
@@ -218,21 +222,21 @@ def _partition(stride, dilation, pads, relu, mesh, arg_shapes, result_shape):
 
     def lower(x, kernel, bias, *residual):
         res = residual[0] if residual else None
-        return _kernel_call(x, kernel, bias, res, stride, dilation, pads, relu)
+        return _kernel_call(x, kernel, bias, res, stride, dilation, pads, relu, circular)
 
     return mesh, lower, batch, (batch, replicated, replicated, batch)[: len(arg_shapes)]
 
 
-def _infer_sharding(stride, dilation, pads, relu, mesh, arg_shapes, result_shape):
-    del stride, dilation, pads, relu, result_shape
+def _infer_sharding(stride, dilation, pads, relu, circular, mesh, arg_shapes, result_shape):
+    del stride, dilation, pads, relu, circular, result_shape
     return _batch_sharding(mesh, arg_shapes[0].sharding)
 
 
 def _partitioned(kernel_call, operands: str):
     """`kernel_call` sharded along the batch axis only: each device convolves its own images
     with the whole kernel. operands: the Shardy rule's operand factors."""
-    n = len(operands.split(","))  # then stride, dilation, pads, relu: static
-    fn = custom_partitioning(kernel_call, static_argnums=tuple(range(n, n + 4)))
+    n = len(operands.split(","))  # then stride, dilation, pads, relu, circular: static
+    fn = custom_partitioning(kernel_call, static_argnums=tuple(range(n, n + 5)))
     fn.def_partition(
         partition=_partition,
         infer_sharding_from_operands=_infer_sharding,
@@ -242,12 +246,12 @@ def _partitioned(kernel_call, operands: str):
     return fn
 
 
-def _plain_call(x, kernel, bias, stride, dilation, pads, relu):
-    return _kernel_call(x, kernel, bias, None, stride, dilation, pads, relu)
+def _plain_call(x, kernel, bias, stride, dilation, pads, relu, circular):
+    return _kernel_call(x, kernel, bias, None, stride, dilation, pads, relu, circular)
 
 
-def _residual_call(x, kernel, bias, residual, stride, dilation, pads, relu):
-    return _kernel_call(x, kernel, bias, residual, stride, dilation, pads, relu)
+def _residual_call(x, kernel, bias, residual, stride, dilation, pads, relu, circular):
+    return _kernel_call(x, kernel, bias, residual, stride, dilation, pads, relu, circular)
 
 
 _PARTITIONED = {
@@ -256,10 +260,20 @@ _PARTITIONED = {
 }
 
 
-def _kernel_conv(x, kernel, bias, residual, stride, dilation, pads, relu):
+def _varying_axes(x) -> tuple[str, ...]:
+    """The shard_map mesh axes x varies over (() outside shard_map). Named `vma` in newer JAX,
+    `manual_axis_type.varying` in jax 0.10."""
+    aval = jax.typeof(x)
+    axes = getattr(aval, "vma", None)
+    if axes is None:
+        axes = getattr(getattr(aval, "manual_axis_type", None), "varying", ())
+    return tuple(sorted(axes))
+
+
+def _kernel_conv(x, kernel, bias, residual, stride, dilation, pads, relu, circular):
     """The kernel with batching: vmap over x / the residual folds the vmapped axis into N;
     vmap over the kernel or bias goes to XLA's convolution."""
-    static = (stride, dilation, pads, relu)
+    static = (stride, dilation, pads, relu, circular)
     call = _PARTITIONED[residual is not None]
 
     @custom_vmap
@@ -285,7 +299,11 @@ def _kernel_conv(x, kernel, bias, residual, stride, dilation, pads, relu):
         return y.reshape(axis_size, -1, *y.shape[1:]), True
 
     operands = (x, kernel, bias) if residual is None else (x, kernel, bias, residual)
-    return conv(*operands)
+    y = conv(*operands)
+    # Inside shard_map, XLA's convolution of a per-device x varies over the mesh axes; say the
+    # same of the custom call's output (platform_dependent's branches must have one type).
+    varying = _varying_axes(x)
+    return lax.pcast(y, varying, to="varying") if varying else y
 
 
 def conv2d(
@@ -297,19 +315,22 @@ def conv2d(
     pads: Pads = ((0, 0), (0, 0)),
     relu: bool = False,
     residual: ArrayLike | None = None,
+    padding_mode: str = "zero",
 ) -> jax.Array:
-    """Zero-padded 2-D convolution + bias (+ residual, + ReLU) of an NHWC map, with the kernel
-    on CPU.
+    """2-D convolution + bias (+ residual, + ReLU) of an NHWC map, zero or circular padding,
+    with the kernel on CPU.
 
     Args:
       x: [N, H, W, Cin] float32.
       kernel: [kh, kw, Cin, Cout] float32 (HWIO).
       bias: [Cout], added to every output pixel.
       stride, dilation: of the convolution (ints >= 1).
-      pads: ((top, bottom), (left, right)) zero rows and columns, each >= 0.
+      pads: ((top, bottom), (left, right)) rows and columns of padding, each >= 0.
       relu: apply max(y, 0) to the result (after the residual).
       residual: None or [N, oh, ow, Cout] (float32), added to the result before the ReLU
         (a ResNet block's shortcut).
+      padding_mode: 'zero' (zeros outside x) or 'circular' (x wrapped around: the padding
+        rows and columns repeat the opposite edge, as `jnp.pad(mode='wrap')`).
 
     Returns:
       [N, oh, ow, Cout], oh = (H + top + bottom - dilation (kh - 1) - 1) // stride + 1 (ow
@@ -323,7 +344,9 @@ def conv2d(
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
     if any(p < 0 for pair in pads for p in pair):
         raise ValueError(f"pads must be >= 0, got {pads}")
-    static = (stride, dilation, pads, relu)
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    static = (stride, dilation, pads, relu, padding_mode == "circular")
     if residual is not None:
         residual = jnp.asarray(residual)
         n, h, w, _ = x.shape

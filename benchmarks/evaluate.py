@@ -37,7 +37,8 @@ from benchmarks import metrics, report, run_identity
 
 Array = jax.Array
 BATCH_AXIS = "batch"
-DEFAULT_MEMORY_BUDGET_MB = 32
+DEFAULT_MEMORY_BUDGET_MB = 8  # activations that stay in this CPU's caches (WORKSPACE_NOTES.md)
+MIN_IMAGES_PER_CALL = 4  # per device, where the batch has them (`call_sizes_for_budget`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,12 +204,15 @@ def call_sizes_for_budget(
       If one parameter of the whole batch fits: (the largest chunk in [1, T] with
       chunk * batch_size / num_devices * bytes_per_image <= budget_bytes, batch_size).
       Otherwise (1, the largest images_per_call that divides batch_size, is a multiple of
-      num_devices and fits; num_devices if none does).
+      num_devices and fits, where at least min(MIN_IMAGES_PER_CALL, batch_size /
+      num_devices) images per device count as fitting; num_devices if none does).
     """
     per_device = batch_size // num_devices
     if bytes_per_image <= 0:  # a model without temporaries: everything fits
         return num_params, batch_size
-    fits = int(budget_bytes // bytes_per_image)  # images per device one call may hold
+    # Images per device one call may hold; at least MIN_IMAGES_PER_CALL (a call of one big
+    # image leaves threads idle: ResNet-50 at 1 image per call ran at 0.8x of 4).
+    fits = max(int(budget_bytes // bytes_per_image), min(MIN_IMAGES_PER_CALL, per_device))
     if fits >= per_device:
         return int(min(fits // per_device, num_params)), batch_size
     divisors = [k for k in range(1, per_device + 1) if per_device % k == 0 and k <= fits]
@@ -805,7 +809,7 @@ def evaluate(
     model's `circular_period(image_shape)`), circular shifts of the same phase share one
     evaluation (`Protocol.distinct_entries`). See `Evaluator`. For the CLI's speed with a
     `benchmarks.classifiers.Classifier`, pass `apply_fn, variables = clf.inference(shape)`
-    (BatchNorm folded, 1x1 convs as dots), after importing `benchmarks` before the first JAX
+    (BatchNorm folded, convs on the direct CPU kernel), after importing `benchmarks` before the first JAX
     computation (its XLA CPU settings, `benchmarks.xla_defaults`).
     """
     evaluator = Evaluator(apply_fn, protocol.transform, batch_size, config, variables, mesh)

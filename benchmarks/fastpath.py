@@ -45,7 +45,7 @@ import numpy as np
 from flax.core import unfreeze
 
 from benchmarks import cpu_conv
-from models.subsampling import Conv, ReLU, conv_pads, pad_spatial, resolve_padding
+from models.subsampling import Conv, ReLU, conv_pads, resolve_padding
 
 Path = tuple[str, ...]
 
@@ -233,11 +233,18 @@ def _kernel_conv(
     conv: Conv, x: jax.Array, kernel: jax.Array, bias: jax.Array
 ) -> Callable[..., jax.Array]:
     """`call(relu=False, residual=None)`: `conv`'s convolution of x [N, H, W, Cin] + bias
-    [Cout] on `cpu_conv.conv2d` (circular padding as a wrapped map with no zero pads)."""
+    [Cout] on `cpu_conv.conv2d` (zero or circular padding, inside the kernel)."""
     pads = conv_pads(conv.padding, kernel.shape[:2], conv.dilation, conv.padding_mode)
-    if conv.padding_mode == "circular":
-        x, pads = pad_spatial(x, pads, "circular"), ((0, 0), (0, 0))
-    return functools.partial(cpu_conv.conv2d, x, kernel, bias, conv.stride, conv.dilation, pads)
+    return functools.partial(
+        cpu_conv.conv2d,
+        x,
+        kernel,
+        bias,
+        conv.stride,
+        conv.dilation,
+        pads,
+        padding_mode=conv.padding_mode,
+    )
 
 
 def prepare(

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from absl import app, flags
 from absl import logging as absl_logging
 
-from benchmarks import protocols
+from benchmarks import evaluate, protocols
 from models.subsampling import PADDING_MODES, STRIDE_MODES
 
 FLAGS = flags.FLAGS
@@ -141,7 +141,7 @@ def define_eval_flags(default_output_dir: str = "runs/invariance") -> None:
     )
     flags.DEFINE_integer(
         "memory_budget_mb",
-        32,
+        evaluate.DEFAULT_MEMORY_BUDGET_MB,
         "Activation memory of one model call per device (MiB), for the call sizes not given.",
         lower_bound=1,
     )
@@ -164,9 +164,10 @@ def define_eval_flags(default_output_dir: str = "runs/invariance") -> None:
     flags.DEFINE_bool(
         "fast",
         True,
-        "Evaluate with the inference rewrites of benchmarks.fastpath (BatchNorm folded, 1x1 "
-        "convs as dots, on layers of models.subsampling.Conv: not EfficientNet-Lite's): the "
-        "same logits up to float rounding, faster.",
+        "Evaluate with the inference rewrites of benchmarks.fastpath (BatchNorm folded; convs "
+        "with their ReLU on the direct CPU kernel of benchmarks.cpu_conv, else 1x1 convs as "
+        "dots; on layers of models.subsampling.Conv: not EfficientNet-Lite's): the same "
+        "logits up to float rounding, faster.",
     )
     flags.DEFINE_string("output_dir", default_output_dir, "Where results are written.")
 

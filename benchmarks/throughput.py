@@ -37,8 +37,9 @@ shared machine hits every variant alike):
                     is missing.
 
 (a), (b) and (c) run the same JAX classifier: with --fast (default) the inference rewrites of
-`benchmarks.fastpath` (BatchNorm folded, 1x1 convs as dots; EfficientNet-Lite's own layers
-are left as they are), under the package's XLA CPU settings (`benchmarks.xla_defaults`;
+`benchmarks.fastpath` (BatchNorm folded; convolutions with their ReLU and residual on the
+direct CPU kernel of `benchmarks.cpu_conv`, or 1x1 convs as dots where it does not run;
+EfficientNet-Lite's own layers are left as they are), under the package's XLA CPU settings (`benchmarks.xla_defaults`;
 SHIFTBENCH_NO_XLA_DEFAULTS=1 measures without them). The evaluator's chunk size and images
 per call come from --memory_budget_mb and XLA's temporary bytes per image of the bare forward. torch runs with OMP_WAIT_POLICY=PASSIVE
 (--torch_passive_wait): libgomp's spin-waiting workers keep burning the cores after each torch
@@ -47,7 +48,7 @@ call, which slows the JAX variants of the same process (by ~8% with libgomp's de
 processes load the cores.
 
 Reported: images x transforms per second of each (median over rounds) and the GFLOP/s it
-means (XLA's FLOP count of the bare forward) as a fraction of the machine's measured fp32 peak
+means (XLA's FLOP count of the plain model) as a fraction of the machine's measured fp32 peak
 (a 2048^3 matmul timed in the same run), the ratios a/b, a/c, a/d, a/e (medians over rounds of
 the per-round time ratios), compile counts and compile seconds,
 XLA's bytes per batch call, cross-checks of the variants' predictions, how the evaluator's cost
@@ -151,7 +152,7 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer(
     "memory_budget_mb",
-    32,
+    evaluate.DEFAULT_MEMORY_BUDGET_MB,
     "Activation bytes one evaluator call may use per device; sets the chunk size and the "
     "images per call.",
     lower_bound=1,

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from models.preprocessing import KerasPort
-from models.subsampling import Conv, Subsampler, avg_pool, global_avg_pool, max_pool
+from models.subsampling import Conv, ReLU, Subsampler, avg_pool, global_avg_pool, max_pool
 
 IMAGE_SIZE = 299
 BN_EPSILON = 1e-3
@@ -77,7 +77,7 @@ class _ConvBN:
             epsilon=BN_EPSILON,
             name=bn_name,
         )(x)
-        return nn.relu(x)
+        return ReLU()(x)
 
 
 # block type -> (residual scale, branches as ((features, kernel), ...) of conv2d_bn units)

@@ -17,7 +17,7 @@ import jax
 from jax.typing import ArrayLike
 
 from models.preprocessing import KerasPort
-from models.subsampling import Conv, max_pool
+from models.subsampling import Conv, ReLU, max_pool
 
 BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # (width, convs) per block
 IMAGE_SIZE = 224
@@ -41,7 +41,7 @@ class VGG16(KerasPort):
         h, dilation, features = self._preprocess(x), 1, {}
         for block, (width, convs) in enumerate(BLOCKS, start=1):
             for i in range(1, convs + 1):
-                h = nn.relu(
+                h = ReLU()(
                     Conv(width, 3, 1, "SAME", dilation, self.padding, name=f"block{block}_conv{i}")(
                         h
                     )

@@ -58,7 +58,9 @@ CASES = [
     (2, 12, 31, 16, 48, (3, 3), 1, 2, ((2, 2), (2, 2)), False),
     (1, 9, 9, 7, 64, (7, 7), 2, 1, ((3, 3), (3, 3)), True),
     (2, 10, 10, 24, 80, (3, 3), 1, 4, ((4, 4), (4, 4)), True),
-    (2, 8, 8, 3, 16, (1, 1), 1, 1, ((0, 0), (0, 0)), False),
+    (2, 8, 8, 3, 16, (1, 1), 1, 1, ((0, 0), (0, 0)), False),  # pointwise: flat rows 48+48+32
+    (1, 3, 5, 7, 32, (1, 1), 1, 1, ((0, 0), (0, 0)), True),  # pointwise: 15 pixels, one row
+    (2, 7, 7, 16, 64, (1, 1), 2, 1, ((0, 0), (0, 0)), True),  # strided 1x1: not flat
     (2, 11, 6, 8, 32, (7, 1), 1, 1, ((3, 3), (0, 0)), False),
     (2, 7, 9, 4, 16, (3, 3), 1, 1, ((0, 2), (2, 0)), True),
     (1, 1, 1, 1, 16, (3, 3), 1, 1, ((1, 1), (1, 1)), False),
@@ -83,10 +85,11 @@ def test_kernel_matches_xla_convolution(case):
 
 
 @needs_kernel
-@pytest.mark.parametrize("relu", [False, True])
-def test_residual_is_added_before_the_relu(relu):
-    x, kernel, bias = _arrays(3, 9, 11, 8, 48, (3, 3))
-    pads = ((1, 1), (1, 1))
+@pytest.mark.parametrize("relu, k", [(False, 3), (True, 3), (True, 1)])
+def test_residual_is_added_before_the_relu(relu, k):
+    """k = 1: a pointwise conv, whose 297 pixels the kernel takes as flat rows of 48 (+ 9)."""
+    x, kernel, bias = _arrays(3, 9, 11, 8, 48, (k, k))
+    pads = ((k // 2, k // 2), (k // 2, k // 2))
     residual = np.random.default_rng(5).standard_normal((3, 9, 11, 48), np.float32)
     fn = jax.jit(lambda x, r: cpu_conv.conv2d(x, kernel, bias, 1, 1, pads, relu, residual=r))
     expected = _xla(x, kernel, bias, 1, 1, pads, False) + residual
@@ -100,6 +103,29 @@ def test_residual_is_added_before_the_relu(relu):
     np.testing.assert_allclose(alone[0], expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"residual must be float32\[3, 9, 11, 48\]"):
         cpu_conv.conv2d(x, kernel, bias, 1, 1, pads, relu, residual=residual[:, :8])
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "n, h, w, k, stride, dilation, pads",
+    [
+        (2, 8, 8, 3, 1, 1, ((1, 1), (1, 1))),
+        (2, 9, 7, 3, 2, 1, ((1, 1), (1, 1))),
+        (1, 6, 6, 3, 1, 4, ((4, 4), (4, 4))),  # dilated: wraps over 2/3 of the map
+        (2, 3, 4, 3, 1, 1, ((5, 2), (0, 6))),  # pads larger than the map: wraps twice
+    ],
+)
+def test_circular_padding_wraps_the_map(n, h, w, k, stride, dilation, pads):
+    x, kernel, bias = _arrays(n, h, w, 5, 32, (k, k))
+    fn = jax.jit(
+        lambda x: cpu_conv.conv2d(x, kernel, bias, stride, dilation, pads, padding_mode="circular")
+    )
+    wrapped = np.pad(x, ((0, 0), *pads, (0, 0)), mode="wrap")  # numpy, independent of jax
+    expected = _xla(wrapped, kernel, bias, stride, dilation, ((0, 0), (0, 0)), False)
+    np.testing.assert_allclose(fn(x), expected, rtol=1e-5, atol=1e-5)
+    assert "shiftbench_conv2d" in _hlo(fn, x)
+    with pytest.raises(ValueError, match="padding_mode must be one of"):
+        cpu_conv.conv2d(x, kernel, bias, padding_mode="reflect")
 
 
 @needs_kernel
@@ -178,10 +204,13 @@ mesh = Mesh(np.array(jax.devices()), ("batch",))
 xs = jax.device_put(x, NamedSharding(mesh, P("batch")))
 y = fn(xs, k, b)
 hlo = fn.lower(xs, k, b).compile().as_text()
+mapped = jax.jit(jax.shard_map(
+    lambda x: cpu_conv.conv2d(x, k, b, 1, 1, ((1, 1), (1, 1)), True),
+    mesh=mesh, in_specs=P("batch"), out_specs=P("batch")))(xs)
 print(json.dumps({"available": cpu_conv.available(), "devices": jax.device_count(),
                   "y": np.asarray(y).tolist(), "spec": str(y.sharding.spec),
                   "custom_call": [l for l in hlo.splitlines() if "shiftbench_conv2d" in l],
-                  "all_gather": "all-gather" in hlo}))
+                  "all_gather": "all-gather" in hlo, "shard_map": np.asarray(mapped).tolist()}))
 """
 
 
@@ -217,6 +246,7 @@ def test_eight_devices_each_convolve_their_own_images():
     # Each device runs the kernel on its 2 of the 16 images; no device gathers the batch.
     assert len(got["custom_call"]) == 1 and "f32[2,12,12,32]" in got["custom_call"][0]
     assert not got["all_gather"]
+    np.testing.assert_allclose(got["shard_map"], expected, rtol=1e-5, atol=1e-4)  # per device
 
 
 def test_opting_out_gives_xla_convolution():

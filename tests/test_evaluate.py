@@ -368,7 +368,8 @@ def test_default_call_sizes_come_from_the_memory_budget():
     ev = evaluate.Evaluator(_apply, PROTO.transform, 8, variables=w)  # EvalConfig() defaults
     res = ev.run(_batches(images, labels, 8), PROTO.params, PROTO.reference_index)
     per_image = ev._bytes_per_image((H, H, 1))
-    want = evaluate.call_sizes_for_budget(per_image, 8, 1, len(PROTO.params), 32 << 20)
+    budget = evaluate.DEFAULT_MEMORY_BUDGET_MB << 20
+    want = evaluate.call_sizes_for_budget(per_image, 8, 1, len(PROTO.params), budget)
     assert res.call_sizes == want == ev.call_sizes((H, H, 1), len(PROTO.params))
     _, explicit = _run(images, labels, w, cfg=evaluate.EvalConfig(chunk_size=1))
     for name, value in explicit.metrics.items():

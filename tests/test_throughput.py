@@ -211,7 +211,10 @@ def test_evaluator_compiles_once_with_the_fast_path():
         (1000, 80, 8, 81, 100_000, (10, 80)),  # the budget is per device: 10 images each
         (1000, 12, 1, 81, 7_000, (1, 6)),  # one parameter exceeds: the largest divisor <= 7
         (1000, 24, 2, 81, 7_000, (1, 12)),  # 6 images per device, 2 devices
-        (1000, 10, 1, 81, 500, (1, 1)),  # not even one image fits: one image per device
+        # Not even one image fits: MIN_IMAGES_PER_CALL (4) per device, or the largest divisor.
+        (1000, 10, 1, 81, 500, (1, 2)),
+        (1000, 16, 2, 81, 500, (1, 8)),
+        (1000, 3, 1, 81, 500, (1, 3)),
         (0, 10, 1, 9, 1, (9, 10)),  # a model without temporaries: everything fits
     ],
 )

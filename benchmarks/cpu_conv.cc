@@ -292,31 +292,32 @@ ffi::Error Conv2dResidual(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ShiftbenchConv2d, Conv2d,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // y
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("dilation")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left")
-                                  .Attr<bool>("relu")
-                                  .Attr<bool>("circular"));
+namespace {
+
+// x, w, bias (and, for the residual handler, the residual) come first; then y and the
+// attributes, the same for both handlers.
+auto Inputs() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()   // x
+      .Arg<ffi::Buffer<ffi::F32>>()   // w
+      .Arg<ffi::Buffer<ffi::F32>>();  // bias
+}
+
+template <typename Binding>
+auto OutputAndAttrs(Binding binding) {
+  return std::move(binding).template Ret<ffi::Buffer<ffi::F32>>()  // y
+      .template Attr<int64_t>("stride")
+      .template Attr<int64_t>("dilation")
+      .template Attr<int64_t>("pad_top")
+      .template Attr<int64_t>("pad_left")
+      .template Attr<bool>("relu")
+      .template Attr<bool>("circular");
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ShiftbenchConv2d, Conv2d, OutputAndAttrs(Inputs()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ShiftbenchConv2dResidual, Conv2dResidual,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // residual
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // y
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("dilation")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left")
-                                  .Attr<bool>("relu")
-                                  .Attr<bool>("circular"));
+                              OutputAndAttrs(Inputs().Arg<ffi::Buffer<ffi::F32>>()));

@@ -5,8 +5,9 @@ channels) at about half the rate of the oneDNN kernels that PyTorch calls, and t
 wheel does not route convolutions to its oneDNN (WORKSPACE_NOTES.md, "A direct convolution
 kernel"). `cpu_conv.cc` is a direct NHWC kernel of the oneDNN kind, called through JAX's FFI
 (`jax.ffi.ffi_call`, an XLA custom call): a tile of output pixels x 16-64 output channels
-stays in registers while the taps and input channels run, with the bias (and optionally a
-ReLU) applied before the store, split over output rows on XLA's intra-op thread pool.
+stays in registers while the taps and input channels run, with the bias, a residual and a
+ReLU applied before the store and zero or circular padding done while reading, split over
+output rows on XLA's intra-op thread pool.
 
     y = cpu_conv.conv2d(x, kernel, bias, stride=1, dilation=1, pads=((1, 1), (1, 1)))
 
@@ -20,8 +21,8 @@ no g++, a failed build, SHIFTBENCH_CPU_CONV=0 in the environment), `available()`
 `conv2d` computes the same function with XLA's convolution. On other platforms (GPU, TPU)
 `conv2d` always lowers to XLA's convolution (`lax.platform_dependent`).
 
-The custom call is registered as batch partitionable: under `jit` with the batch axis sharded
-over a mesh, each device runs the kernel on its own images.
+The custom call is wrapped in `custom_partitioning`: under `jit` with the batch axis sharded
+over a mesh, each device runs the kernel on its own images (the other axes are gathered).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
+from models.subsampling import Pads, padded_conv2d
+
 TARGET = "shiftbench_conv2d"
 TARGET_RESIDUAL = "shiftbench_conv2d_residual"
 PADDING_MODES = ("zero", "circular")
@@ -57,9 +60,6 @@ MAX_KERNEL_ROWS = 16  # kernel heights the .cc handles (row pointers on its stac
 OPT_OUT_ENV = "SHIFTBENCH_CPU_CONV"
 SOURCE = Path(__file__).with_name("cpu_conv.cc")
 CXX_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC")
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
 def enabled() -> bool:
@@ -169,36 +169,42 @@ def supports(x: ArrayLike, kernel: ArrayLike) -> bool:
     )
 
 
-def _output_size(size: int, pads: tuple[int, int], k: int, stride: int, dilation: int) -> int:
-    return (size + pads[0] + pads[1] - dilation * (k - 1) - 1) // stride + 1
+def _output_shape(x_shape, kernel_shape, stride: int, dilation: int, pads: Pads):
+    """[N, oh, ow, Cout] of the convolution of x [N, H, W, Cin] with kernel [kh, kw, Cin, Cout]."""
+    n, h, w, _ = x_shape
+    kh, kw, _, cout = kernel_shape
+    oh, ow = (
+        (size + lo + hi - dilation * (k - 1) - 1) // stride + 1
+        for size, (lo, hi), k in ((h, pads[0], kh), (w, pads[1], kw))
+    )
+    return (n, oh, ow, cout)
+
+
+def _pack(x, kernel, bias, residual) -> tuple:
+    """The custom call's operands: (x, kernel, bias[, residual])."""
+    return (x, kernel, bias) if residual is None else (x, kernel, bias, residual)
+
+
+def _unpack(operands) -> tuple:
+    """(x, kernel, bias, residual or None) of `_pack`'s operands."""
+    return (*operands[:3], operands[3] if len(operands) == 4 else None)
 
 
 def _xla_conv(x, kernel, bias, residual, stride, dilation, pads, relu, circular):
-    if circular:  # the wrapped map, then no zero pads
-        x, pads = jnp.pad(x, ((0, 0), *pads, (0, 0)), mode="wrap"), ((0, 0), (0, 0))
-    y = lax.conv_general_dilated(
-        x,
-        kernel,
-        (stride, stride),
-        pads,
-        rhs_dilation=(dilation, dilation),
-        dimension_numbers=_NHWC,
-    )
+    """The same function with XLA's convolution (the models' own, `padded_conv2d`)."""
+    mode = "circular" if circular else "zero"
+    y = padded_conv2d(x, kernel, stride, pads, dilation, mode)
     y = y + bias if residual is None else y + bias + residual
     return jnp.maximum(y, 0.0) if relu else y
 
 
 def _kernel_call(x, kernel, bias, residual, stride, dilation, pads, relu, circular):
     """The custom call on one device's arrays: x [N, H, W, Cin] -> [N, oh, ow, Cout]."""
-    n, h, w, _ = x.shape
-    kh, kw, _, cout = kernel.shape
-    oh = _output_size(h, pads[0], kh, stride, dilation)
-    ow = _output_size(w, pads[1], kw, stride, dilation)
-    operands = (x, kernel, bias) if residual is None else (x, kernel, bias, residual)
+    shape = _output_shape(x.shape, kernel.shape, stride, dilation, pads)
     target = TARGET if residual is None else TARGET_RESIDUAL
-    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((n, oh, ow, cout), jnp.float32))
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32))
     return call(
-        *operands,
+        *_pack(x, kernel, bias, residual),
         stride=np.int64(stride),
         dilation=np.int64(dilation),
         pad_top=np.int64(pads[0][0]),
@@ -220,9 +226,8 @@ def _partition(stride, dilation, pads, relu, circular, mesh, arg_shapes, result_
     batch = _batch_sharding(mesh, arg_shapes[0].sharding)
     replicated = NamedSharding(mesh, P())
 
-    def lower(x, kernel, bias, *residual):
-        res = residual[0] if residual else None
-        return _kernel_call(x, kernel, bias, res, stride, dilation, pads, relu, circular)
+    def lower(*operands):
+        return _kernel_call(*_unpack(operands), stride, dilation, pads, relu, circular)
 
     return mesh, lower, batch, (batch, replicated, replicated, batch)[: len(arg_shapes)]
 
@@ -284,8 +289,8 @@ def _kernel_conv(x, kernel, bias, residual, stride, dilation, pads, relu, circul
     def conv_vmap(axis_size, in_batched, *operands):
         if in_batched[1] or in_batched[2]:  # kernel or bias
 
-            def xla(*o):  # x, kernel, bias[, residual]
-                return _xla_conv(*o[:3], o[3] if len(o) == 4 else None, *static)
+            def xla(*o):
+                return _xla_conv(*_unpack(o), *static)
 
             axes = tuple(0 if b else None for b in in_batched)
             return jax.vmap(xla, in_axes=axes)(*operands), True
@@ -298,8 +303,7 @@ def _kernel_conv(x, kernel, bias, residual, stride, dilation, pads, relu, circul
         y = conv(*folded)
         return y.reshape(axis_size, -1, *y.shape[1:]), True
 
-    operands = (x, kernel, bias) if residual is None else (x, kernel, bias, residual)
-    y = conv(*operands)
+    y = conv(*_pack(x, kernel, bias, residual))
     # Inside shard_map, XLA's convolution of a per-device x varies over the mesh axes; say the
     # same of the custom call's output (platform_dependent's branches must have one type).
     varying = _varying_axes(x)
@@ -349,13 +353,7 @@ def conv2d(
     static = (stride, dilation, pads, relu, padding_mode == "circular")
     if residual is not None:
         residual = jnp.asarray(residual)
-        n, h, w, _ = x.shape
-        kh, kw, _, cout = kernel.shape
-        shape = (
-            n,
-            *(_output_size(*a, stride, dilation) for a in ((h, pads[0], kh), (w, pads[1], kw))),
-            cout,
-        )
+        shape = _output_shape(x.shape, kernel.shape, stride, dilation, pads)
         if residual.shape != shape or residual.dtype != x.dtype:
             raise ValueError(
                 f"residual must be {x.dtype.name}{list(shape)}, got "
@@ -363,13 +361,8 @@ def conv2d(
             )
     if not (available() and supports(x, kernel)):
         return _xla_conv(x, kernel, bias, residual, *static)
-    operands = (x, kernel, bias) if residual is None else (x, kernel, bias, residual)
-
-    def split(o):  # operands -> (x, kernel, bias, residual or None)
-        return (*o[:3], o[3] if len(o) == 4 else None)
-
     return lax.platform_dependent(
-        *operands,
-        cpu=lambda *o: _kernel_conv(*split(o), *static),
-        default=lambda *o: _xla_conv(*split(o), *static),
+        *_pack(x, kernel, bias, residual),
+        cpu=lambda *o: _kernel_conv(*_unpack(o), *static),
+        default=lambda *o: _xla_conv(*_unpack(o), *static),
     )

@@ -204,7 +204,9 @@ def logits_fn(
             if not isinstance(module, Conv):
                 return next_fun(*args, **kwargs)
             kernel = module.get_variable("params", "kernel")
-            if options.cpu_conv and cpu_conv.supports(args[0], kernel):
+            # Where the kernel cannot run (cpu_conv.available() False), the 1x1 dots and XLA's
+            # convolution of the model below stay as they were.
+            if options.cpu_conv and cpu_conv.available() and cpu_conv.supports(args[0], kernel):
                 bias = jnp.zeros(kernel.shape[-1], jnp.float32)
                 if module.use_bias:
                     bias = bias + module.get_variable("params", "bias")
@@ -212,7 +214,7 @@ def logits_fn(
                 if bn is not None:
                     bias = bias + _get(variables["params"], bn)["bias"]
                     fused.add(bn)
-                call = _kernel_conv(module, args[0], kernel, bias)
+                call = _kernel_call(module, args[0], kernel, bias)
                 y = call()
                 calls[id(y)] = call
                 keep.append(y)
@@ -229,7 +231,7 @@ def logits_fn(
     return logits
 
 
-def _kernel_conv(
+def _kernel_call(
     conv: Conv, x: jax.Array, kernel: jax.Array, bias: jax.Array
 ) -> Callable[..., jax.Array]:
     """`call(relu=False, residual=None)`: `conv`'s convolution of x [N, H, W, Cin] + bias

@@ -205,10 +205,24 @@ def conv2d(
     padding: see `resolve_padding` (scaled by `dilation`); dilation: kernel (a trous) dilation;
     padding_mode: 'zero' | 'circular'. Returns [N, h, w, Cout], h = (H + pads - d(kh-1) - 1)//s + 1.
     """
-    check_int("stride", stride)
-    check_int("feature_group_count", feature_group_count)
     kernel = jnp.asarray(kernel)
     pads = conv_pads(padding, kernel.shape[:2], dilation, padding_mode)
+    return padded_conv2d(x, kernel, stride, pads, dilation, padding_mode, feature_group_count)
+
+
+def padded_conv2d(
+    x: ArrayLike,
+    kernel: ArrayLike,
+    stride: int,
+    pads: Pads,
+    dilation: int = 1,
+    padding_mode: str = "zero",
+    feature_group_count: int = 1,
+) -> jax.Array:
+    """`conv2d` with its pads given: ((top, bottom), (left, right)) rows and columns, each
+    >= 0, already scaled by the dilation (as `conv_pads` gives them), zeros or wrapped."""
+    check_int("stride", stride)
+    check_int("feature_group_count", feature_group_count)
     if padding_mode == "circular":
         # One more wrapped row and column at the top and left, which the convolution drops
         # again (padding -1): the same numbers as a 'VALID' convolution of the wrapped map,

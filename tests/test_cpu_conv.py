@@ -331,6 +331,26 @@ def test_shared_conv_is_not_folded_or_fused():
     np.testing.assert_allclose(jax.jit(logits)(fast_variables, x), plain, rtol=1e-5, atol=1e-5)
 
 
+class _Pointwise(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+        return subsampling.Conv(16, 1, padding="VALID")(x), {}
+
+
+def test_without_the_kernel_the_fast_path_keeps_its_dots(monkeypatch):
+    """Where the kernel cannot run, a 1x1 conv stays a dot (not XLA's 1x1 convolution)."""
+    model = _Pointwise()
+    variables = classifiers.random_variables(model, (5, 5, 3))
+    x = jnp.asarray(np.random.default_rng(3).random((2, 5, 5, 3), np.float32))
+    monkeypatch.setattr(cpu_conv, "available", lambda: False)
+    logits, fast_variables = fastpath.prepare(model, variables, (5, 5, 3))
+    hlo = _hlo(logits, fast_variables, x)
+    assert "shiftbench_conv2d" not in hlo and " convolution(" not in hlo and " dot(" in hlo
+    np.testing.assert_allclose(
+        jax.jit(logits)(fast_variables, x), model.apply(variables, x)[0], rtol=1e-5, atol=1e-6
+    )
+
+
 def test_identity_says_whether_the_kernel_computes():
     assert fastpath.identity(False) == {"fast": False, "cpu_conv": False}
     assert fastpath.identity(True) == {"fast": True, "cpu_conv": cpu_conv.in_use()}

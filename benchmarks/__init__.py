@@ -1,5 +1,5 @@
 """shiftbench: transforms, metrics, evaluator and entry points."""
 
-from benchmarks import xla_defaults
+from benchmarks.runtime import xla_defaults
 
-xla_defaults.configure_xla_cpu()  # before any JAX computation: see benchmarks/xla_defaults.py
+xla_defaults.configure_xla_cpu()  # before any JAX computation: see benchmarks/runtime/xla_defaults.py

@@ -19,8 +19,8 @@ from typing import Any
 
 from absl import flags
 
-from benchmarks import flags as sb_flags
-from benchmarks import report
+from benchmarks.cli import flags as sb_flags
+from benchmarks.results import report
 
 FLAGS = flags.FLAGS
 

@@ -35,20 +35,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from benchmarks import (
-    bias_stats,
-    classifiers,
-    cluster,
-    data,
-    evaluate,
-    fastpath,
-    protocols,
-    report,
-    run_identity,
-    train,
-    transforms,
-)
-from benchmarks import flags as sb_flags
+from benchmarks.cli import flags as sb_flags
+from benchmarks.core import evaluator, protocols, run_identity, transforms
+from benchmarks.data import datasets
+from benchmarks.inference import classifiers, fastpath
+from benchmarks.results import report
+from benchmarks.runtime import cluster
+from benchmarks.studies import bias_stats
+from benchmarks.training import train
 
 FLAGS = flags.FLAGS
 
@@ -116,24 +110,26 @@ def open_boxes(
     """The random-access source of a TFDS detection dataset and the key path of its boxes.
 
     Raises:
-      data.DataError: unknown dataset, no box feature, data_dir missing or without the dataset.
+      datasets.DataError: unknown dataset, no box feature, data_dir missing or without the dataset.
     """
-    if name in data.EMBEDDED:
-        raise data.DataError(
+    if name in datasets.EMBEDDED:
+        raise datasets.DataError(
             f"--dataset={name!r} has no object boxes: --mode=stats reads a TFDS detection "
             "dataset (voc, coco, ...); the digits serve --mode=experiment."
         )
-    builder = data.tfds_builder(name, data_dir)
+    builder = datasets.tfds_builder(name, data_dir)
     paths = bbox_features(builder.info.features)
     names = ["/".join(p) for p in paths]
     if not paths:
-        raise data.DataError(
+        raise datasets.DataError(
             f"--dataset={name!r} has no BBoxFeature: --mode=stats reads a detection dataset "
             "(voc, coco, ...); --mode=experiment needs no boxes."
         )
     if bbox_feature is not None and bbox_feature not in names:
-        raise data.DataError(f"--bbox_feature={bbox_feature!r}: {name!r} has boxes at {names}.")
-    return data.tfds_split(builder, split), paths[names.index(bbox_feature) if bbox_feature else 0]
+        raise datasets.DataError(f"--bbox_feature={bbox_feature!r}: {name!r} has boxes at {names}.")
+    return datasets.tfds_split(builder, split), paths[
+        names.index(bbox_feature) if bbox_feature else 0
+    ]
 
 
 def read_boxes(source: Sequence[dict], path: tuple[str, ...], num: int) -> np.ndarray:
@@ -155,7 +151,7 @@ def run_stats() -> None:
     boxes = read_boxes(source, path, num)
     valid = np.asarray(bias_stats.valid_boxes(boxes))
     if not valid.any():
-        raise data.DataError(
+        raise datasets.DataError(
             f"--dataset={FLAGS.dataset!r} --split={FLAGS.split!r}: the first {num} examples "
             f"hold {len(boxes)} boxes, none valid."
         )
@@ -263,18 +259,18 @@ def digit_boxes(images: np.ndarray, box_size: int) -> np.ndarray:
 
 
 def evaluate_positions(
-    evaluator: evaluate.Evaluator, test: tuple[np.ndarray, np.ndarray], geo: Geometry
+    ev: evaluator.Evaluator, test: tuple[np.ndarray, np.ndarray], geo: Geometry
 ) -> list[dict[str, Any]]:
     """Accuracy and P(top-1 change) of the test digits at each distance r (averaged over the
     positions at r; stderr is the mean of their standard errors, an upper bound of the
     standard error of the average whatever the correlation between positions)."""
-    batches = data.local_batches(*test, evaluator.batch_size)
+    batches = datasets.local_batches(*test, ev.batch_size)
     rows = []
     for r in geo.offsets:
         positions = bias_stats.ring_offsets(r, geo.num_directions)
         per_position = []
         for p in positions:
-            res = evaluator.run(batches, p + geo.local, geo.reference_index, progress_every=0)
+            res = ev.run(batches, p + geo.local, geo.reference_index, progress_every=0)
             per_position.append(
                 {
                     "position": p,
@@ -304,7 +300,7 @@ def run_bias(
     num_classes: int,
     geo: Geometry,
     config: train.TrainConfig,
-    eval_config: evaluate.EvalConfig,
+    eval_config: evaluator.EvalConfig,
     workdir: str,
 ) -> dict[str, Any]:
     """Trains (or restores) the net on digits placed with `bias`; measures it at each r.
@@ -351,9 +347,7 @@ def run_bias(
         test_boxes[0].shape[1:], geo.canvas_size, geo.digit_size
     )
     logits, variables = clf.inference(protocol.output_shape, FLAGS.fast)
-    evaluator = evaluate.Evaluator(
-        logits, protocol.transform, FLAGS.batch_size, eval_config, variables
-    )
+    ev = evaluator.Evaluator(logits, protocol.transform, FLAGS.batch_size, eval_config, variables)
     placed = bias_stats.placement_boxes(offsets, geo.canvas_size, geo.digit_size)
     result = {
         "bias": bias.name,
@@ -364,8 +358,8 @@ def run_bias(
         "placement_heatmap": np.asarray(  # one cell per canvas pixel
             bias_stats.centre_heatmap(bias_stats.box_centres(placed), geo.canvas_size)
         ),
-        "offsets": evaluate_positions(evaluator, test_boxes, geo),
-        "compile_count": evaluator.compile_count,
+        "offsets": evaluate_positions(ev, test_boxes, geo),
+        "compile_count": ev.compile_count,
     }
     report.write_json(os.path.join(workdir, "result.json"), result)
     return result
@@ -384,10 +378,10 @@ def run_experiment() -> None:
         raise sb_flags.FlagError(f"--biases={','.join(FLAGS.biases)}: give distinct biases.")
     geo = geometry_from_flags()
     sb_flags.check_batch_size(FLAGS.batch_size)
-    train_ds = data.open_dataset(FLAGS.dataset, FLAGS.train_split, FLAGS.data_dir)
-    test_ds = data.open_dataset(FLAGS.dataset, FLAGS.split, FLAGS.data_dir)
-    train_x, train_y = data.load_arrays(train_ds, FLAGS.num_train, FLAGS.image_size)
-    test_x, test_y = data.load_arrays(test_ds, FLAGS.num_images, FLAGS.image_size)
+    train_ds = datasets.open_dataset(FLAGS.dataset, FLAGS.train_split, FLAGS.data_dir)
+    test_ds = datasets.open_dataset(FLAGS.dataset, FLAGS.split, FLAGS.data_dir)
+    train_x, train_y = datasets.load_arrays(train_ds, FLAGS.num_train, FLAGS.image_size)
+    test_x, test_y = datasets.load_arrays(test_ds, FLAGS.num_images, FLAGS.image_size)
     train_boxes = (digit_boxes(train_x, geo.box_size), train_y)
     test_boxes = (digit_boxes(test_x, geo.box_size), test_y)
     num = FLAGS.placements * len(train_y)

@@ -21,8 +21,12 @@ import time
 import jax
 from absl import flags, logging
 
-from benchmarks import classifiers, cluster, data, evaluate, fastpath, report, xla_defaults
-from benchmarks import flags as sb_flags
+from benchmarks.cli import flags as sb_flags
+from benchmarks.core import evaluator
+from benchmarks.data import datasets
+from benchmarks.inference import classifiers, fastpath
+from benchmarks.results import report
+from benchmarks.runtime import cluster, xla_defaults
 
 FLAGS = flags.FLAGS
 
@@ -54,8 +58,8 @@ def main(argv: list[str]) -> None:
     cluster.initialize_from_flags()
     sb_flags.check_batch_size(FLAGS.batch_size)
     start = time.perf_counter()
-    dataset = data.open_dataset(FLAGS.dataset, FLAGS.split, FLAGS.data_dir)
-    image_shape = data.example_shape(dataset, FLAGS.image_size)
+    dataset = datasets.open_dataset(FLAGS.dataset, FLAGS.split, FLAGS.data_dir)
+    image_shape = datasets.example_shape(dataset, FLAGS.image_size)
     protocol = sb_flags.protocol_from_flags(image_shape)
     flip_pairs = protocol.flip_pairs(FLAGS.flip_distance)
     classifier = sb_flags.classifier_from_flags(dataset.num_classes, protocol.output_shape)
@@ -73,12 +77,12 @@ def main(argv: list[str]) -> None:
             "circular shifts share phases (period %d): %d distinct of %d", *sharing.values()
         )
     logits, variables = classifier.inference(protocol.output_shape, FLAGS.fast)
-    evaluator = evaluate.Evaluator(logits, protocol.transform, FLAGS.batch_size, config, variables)
+    ev = evaluator.Evaluator(logits, protocol.transform, FLAGS.batch_size, config, variables)
     n = len(dataset) if FLAGS.num_images is None else min(FLAGS.num_images, len(dataset))
-    counts = data.ReadCounts()  # the images --image_size had to upscale
+    counts = datasets.ReadCounts()  # the images --image_size had to upscale
 
     def batches_from(start_batch: int):
-        return data.iterate_batches(
+        return datasets.iterate_batches(
             dataset,
             FLAGS.batch_size,
             n,
@@ -105,7 +109,7 @@ def main(argv: list[str]) -> None:
         "protocol": {"name": protocol.name, "options": protocol.options},
         "inference": fastpath.identity(FLAGS.fast),
     }
-    result = evaluator.run(
+    result = ev.run(
         batches_from,
         params,
         protocol.reference_index,

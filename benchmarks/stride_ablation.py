@@ -30,21 +30,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from benchmarks import (
-    ablation_summary,
-    augment,
-    classifiers,
-    cluster,
-    data,
-    equivariance,
-    evaluate,
-    fastpath,
-    protocols,
-    report,
-    run_identity,
-    train,
-)
-from benchmarks import flags as sb_flags
+from benchmarks.cli import flags as sb_flags
+from benchmarks.core import equivariance, evaluator, protocols, run_identity
+from benchmarks.data import augment, datasets
+from benchmarks.inference import classifiers, fastpath
+from benchmarks.results import report
+from benchmarks.runtime import cluster
+from benchmarks.studies import ablation_summary
+from benchmarks.training import train
 
 FLAGS = flags.FLAGS
 
@@ -139,7 +132,7 @@ def run_variant(
     protos: dict[str, protocols.Protocol],
     num_classes: int,
     train_config: train.TrainConfig,
-    eval_config: evaluate.EvalConfig,
+    eval_config: evaluator.EvalConfig,
     workdir: str,
     data_identity: dict[str, Any],
 ) -> dict[str, Any]:
@@ -197,13 +190,13 @@ def run_variant(
         if shape not in inference:
             inference[shape] = clf.inference(shape, FLAGS.fast)
         logits, variables = inference[shape]
-        ev = evaluate.Evaluator(logits, proto.transform, FLAGS.batch_size, eval_config, variables)
+        ev = evaluator.Evaluator(logits, proto.transform, FLAGS.batch_size, eval_config, variables)
         # Circular shifts of one phase share an evaluation where the model declares a period.
         params, sweep_index = proto.distinct_entries(
             classifiers.shift_period(model, proto.output_shape)
         )
         res = ev.run(
-            data.local_batches(*eval_data, FLAGS.batch_size),
+            datasets.local_batches(*eval_data, FLAGS.batch_size),
             params,
             proto.reference_index,
             pairs=proto.pairs(1),
@@ -252,10 +245,10 @@ def main(argv: list[str]) -> None:
         raise sb_flags.FlagError(f"--seeds={','.join(FLAGS.seeds)} must be non-negative ints.")
     for spec in FLAGS.variants:
         parse_variant(spec, 4)
-    train_ds = data.open_dataset(FLAGS.dataset, FLAGS.train_split, FLAGS.data_dir)
-    eval_ds = data.open_dataset(FLAGS.dataset, FLAGS.split, FLAGS.data_dir)
-    train_data = data.load_arrays(train_ds, FLAGS.num_train, FLAGS.image_size)
-    eval_data = data.load_arrays(eval_ds, FLAGS.num_images, FLAGS.image_size)
+    train_ds = datasets.open_dataset(FLAGS.dataset, FLAGS.train_split, FLAGS.data_dir)
+    eval_ds = datasets.open_dataset(FLAGS.dataset, FLAGS.split, FLAGS.data_dir)
+    train_data = datasets.load_arrays(train_ds, FLAGS.num_train, FLAGS.image_size)
+    eval_data = datasets.load_arrays(eval_ds, FLAGS.num_images, FLAGS.image_size)
     canvas = FLAGS.aug_canvas_size or eval_data[0].shape[1] + 2 * FLAGS.max_shift
     if FLAGS.augmentation == "embed":  # the model sees canvas-sized images: centre the test ones
         offset = (canvas - eval_data[0].shape[1]) // 2

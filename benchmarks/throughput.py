@@ -10,26 +10,26 @@ not depend on their values):
 
 | protocol | model | images | sweep | batch |
 |---|---|---|---|---|
-| resnet20 | CIFAR ResNet-20 (models/small.py) | 40 px -> 32 px crops | 9 x 9 grid of shifts 0..8 | 256 |
-| resnet50 | ResNet-50 (models/resnet.py) | 234 px -> 224 px crops | 9 diagonal shifts 0..8 (Azulay) | 16 |
+| resnet20 | CIFAR ResNet-20 (models/architectures/small.py) | 40 px -> 32 px crops | 9 x 9 grid of shifts 0..8 | 256 |
+| resnet50 | ResNet-50 (models/architectures/resnet.py) | 234 px -> 224 px crops | 9 diagonal shifts 0..8 (Azulay) | 16 |
 | resnet20_circular | ResNet-20, circular padding | as resnet20 | as resnet20 | 256 |
 | resnet20_full | ResNet-20, `full` (no subsampling, dilated) | as resnet20 | 9 diagonal shifts 0..8 | 64 |
 | resnet20_full_circular | ResNet-20, `full`, circular padding | as resnet20 | 9 diagonal shifts 0..8 | 64 |
-| efficientnet_lite0 | EfficientNet-Lite0 (models/efficientnet_lite.py) | as resnet50 | as resnet50 | 16 |
+| efficientnet_lite0 | EfficientNet-Lite0 (models/architectures/efficientnet_lite.py) | as resnet50 | as resnet50 | 16 |
 
-The torch peers use twins with the same dilation and padding (`benchmarks.torch_reference`;
+The torch peers use twins with the same dilation and padding (`benchmarks.studies.torch_reference`;
 for EfficientNet-Lite0 the reference PyTorch code itself, `efficientnet-lite-pytorch`).
 
 In one process, on the same images and sweep, in alternating rounds (so that the load of a
 shared machine hits every variant alike):
 
-  (a) evaluator     `benchmarks.evaluate.Evaluator.run`: one jitted call per batch that crops,
+  (a) evaluator     `benchmarks.core.evaluator.Evaluator.run`: one jitted call per batch that crops,
                     runs the model and reduces every metric;
   (b) bare_forward  the jitted model alone on already-cropped batches of the same total size;
   (c) python_loop   a Python loop over the sweep calling the jitted crop + model per parameter;
   (d) torch_eager   when torch is installed (and, for EfficientNet-Lite0, the reference code
                     efficientnet-lite-pytorch): the same crops and model in PyTorch eager
-                    (`benchmarks.torch_reference`, weights copied, channels_last, inference
+                    (`benchmarks.studies.torch_reference`, weights copied, channels_last, inference
                     mode), a loop over the sweep, as the published reference codes evaluate.
   (e) torch_compile (d) with the twin under `torch.compile` (--torch_compile_mode), compiled
                     by its first call before the timed rounds (that call's time is reported
@@ -37,9 +37,9 @@ shared machine hits every variant alike):
                     is missing.
 
 (a), (b) and (c) run the same JAX classifier: with --fast (default) the inference rewrites of
-`benchmarks.fastpath` (BatchNorm folded; convolutions with their ReLU and residual on the
-direct CPU kernel of `benchmarks.cpu_conv`, or 1x1 convs as dots where it does not run;
-EfficientNet-Lite's own layers are left as they are), under the package's XLA CPU settings (`benchmarks.xla_defaults`;
+`benchmarks.inference.fastpath` (BatchNorm folded; convolutions with their ReLU and residual on the
+direct CPU kernel of `benchmarks.kernels.cpu_conv`, or 1x1 convs as dots where it does not run;
+EfficientNet-Lite's own layers are left as they are), under the package's XLA CPU settings (`benchmarks.runtime.xla_defaults`;
 SHIFTBENCH_NO_XLA_DEFAULTS=1 measures without them). The evaluator's chunk size and images
 per call come from --memory_budget_mb and XLA's temporary bytes per image of the bare forward. torch runs with OMP_WAIT_POLICY=PASSIVE
 (--torch_passive_wait): libgomp's spin-waiting workers keep burning the cores after each torch
@@ -81,8 +81,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from benchmarks import classifiers, cluster, data, evaluate, protocols, report
-from benchmarks import flags as sb_flags
+from benchmarks.cli import flags as sb_flags
+from benchmarks.core import evaluator, protocols
+from benchmarks.data import datasets
+from benchmarks.inference import classifiers
+from benchmarks.results import report
+from benchmarks.runtime import cluster
 
 FLAGS = flags.FLAGS
 
@@ -152,12 +156,14 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer(
     "memory_budget_mb",
-    evaluate.DEFAULT_MEMORY_BUDGET_MB,
+    evaluator.DEFAULT_MEMORY_BUDGET_MB,
     "Activation bytes one evaluator call may use per device; sets the chunk size and the "
     "images per call.",
     lower_bound=1,
 )
-flags.DEFINE_bool("fast", True, "Apply benchmarks.fastpath rewrites to the JAX classifier.")
+flags.DEFINE_bool(
+    "fast", True, "Apply benchmarks.inference.fastpath rewrites to the JAX classifier."
+)
 flags.DEFINE_bool(
     "torch_passive_wait",
     True,
@@ -239,7 +245,7 @@ class Workload:
     @property
     def host_batches(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """This process's slice of every batch (the evaluator's input; all of it on 1 host)."""
-        return [data.local_batches(x, y, self.batch_size)[0] for x, y in self.batches]
+        return [datasets.local_batches(x, y, self.batch_size)[0] for x, y in self.batches]
 
     @property
     def work(self) -> int:
@@ -249,7 +255,7 @@ class Workload:
 
 def crop_corners(params: np.ndarray, max_shift: int, slack: int) -> np.ndarray:
     """[T, 2] top-left corners of the crop windows of shifts `params` [T, 2] (the content moves
-    by +shift: the window starts at base - shift, as `benchmarks.protocols` crops)."""
+    by +shift: the window starts at base - shift, as `benchmarks.core.protocols` crops)."""
     base = max_shift + (slack - max_shift) // 2
     return (base - np.round(params)).astype(np.int64)
 
@@ -299,13 +305,13 @@ def build_workload(name: str) -> Workload:
 
 def make_evaluator(
     w: Workload, chunk_size: int, images_per_call: int
-) -> tuple[evaluate.Evaluator, Callable[[], Any]]:
+) -> tuple[evaluator.Evaluator, Callable[[], Any]]:
     """(a): the evaluator and a runner returning its accuracy per parameter [T]."""
-    ev = evaluate.Evaluator(
+    ev = evaluator.Evaluator(
         w.logits,
         w.protocol.transform,
         w.batch_size,
-        evaluate.EvalConfig(chunk_size=chunk_size, images_per_call=images_per_call),
+        evaluator.EvalConfig(chunk_size=chunk_size, images_per_call=images_per_call),
         w.variables,
     )
 
@@ -355,7 +361,7 @@ def make_torch_loop(w: Workload, compile_mode: str | None) -> tuple[Callable[[],
     (e)) in a loop over the sweep; returns (runner -> top-1 [T, N], the eager twin)."""
     import torch
 
-    from benchmarks import torch_reference
+    from benchmarks.studies import torch_reference
 
     if FLAGS.torch_threads:
         torch.set_num_threads(FLAGS.torch_threads)
@@ -422,7 +428,7 @@ def timed_rounds(runners: dict[str, Callable[[], Any]], repeats: int) -> dict[st
 
 
 def scaling_transforms(
-    ev: evaluate.Evaluator, w: Workload, base: int, factors: list[int]
+    ev: evaluator.Evaluator, w: Workload, base: int, factors: list[int]
 ) -> list[dict[str, Any]]:
     """Evaluator cost for sweeps of base x factor parameters (the protocol's sweep repeated)."""
     rows = []
@@ -579,7 +585,7 @@ def _category(op: str, hlo: str) -> str:
 
 def model_flops_per_image(w: Workload) -> float:
     """XLA's FLOP count of the plain model (its HLO before compiling) per image. Counted on
-    the plain model: XLA cannot see inside the fast path's custom calls (`benchmarks.cpu_conv`)."""
+    the plain model: XLA cannot see inside the fast path's custom calls (`benchmarks.kernels.cpu_conv`)."""
     images = jax.ShapeDtypeStruct((w.batch_size, *w.protocol.output_shape), jnp.float32)
     lowered = jax.jit(w.classifier.logits).lower(w.classifier.variables, images)
     cost = lowered.cost_analysis()
@@ -615,7 +621,7 @@ def measure(name: str) -> dict[str, Any]:
     bare_compile = _compiles_since(mark)
     out["flops_per_image"] = model_flops_per_image(w)
     per_image = bare_memory["temp_bytes"] / w.batch_size
-    chunk, images_per_call = evaluate.call_sizes_for_budget(
+    chunk, images_per_call = evaluator.call_sizes_for_budget(
         per_image, w.batch_size, jax.device_count(), t, FLAGS.memory_budget_mb << 20
     )
     out["chunk_size"] = chunk = FLAGS.chunk_size or chunk

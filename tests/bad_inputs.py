@@ -15,7 +15,7 @@ import traceback
 
 from absl import flags
 
-from benchmarks import flags as sb_flags
+from benchmarks.cli import flags as sb_flags
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from cli import ROOT
+from entry_point import ROOT
 
 
 def free_port() -> int:

@@ -1,0 +1,423 @@
+"""Named evaluation protocols: a transformation, its sweep, its reference entry and its pairs.
+
+A protocol turns user-facing options (shift range, sweep shape, canvas and fill) into what the
+evaluator needs: `transform(image [H, W, C], param [P]) -> [h, w, C]`, the sweep `params [T, P]`,
+the index of the untransformed (reference) entry, the pairs of sweep entries that are one step
+(or d steps) apart (`Protocol.pairs`), and an x-axis for plots. Definitions of every protocol
+and of the pairs: README.md ("Definitions").
+
+Shifts are given in pixels relative to the reference position d = 0 and follow np.roll's sign
+(the content moves by +d). The paper's protocols are:
+
+| protocol | Azulay & Weiss | flags |
+|---|---|---|
+| crop | 234 -> 224 windows, diagonal 1-px steps | --image_size=234 --crop_size=224 --min_shift=0 --max_shift=8 |
+| embed ("black") | image at 112 px in a 224 canvas, offsets centre-4..centre+3 | --transform=embed --embed_size=112 --min_shift=-4 --max_shift=3 |
+| inpaint | as embed, background inpainted | --transform=inpaint ... |
+| rescale | scale about the centre | --transform=rescale --scale_min=... |
+
+Each protocol is one small builder in `_BUILDERS` (name -> function(options, image_shape)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.core import transforms
+
+PROTOCOLS = ("crop", "embed", "inpaint", "circular", "subpixel", "translate", "rescale", "rotate")
+SWEEPS = ("diagonal", "horizontal", "vertical", "grid", "random")
+FILLS = ("zero", "mean", "constant", "inpaint")
+SUBPIXEL_METHODS = ("fourier", "lanczos3", "bilinear")
+SHIFT_PROTOCOLS = ("crop", "embed", "inpaint", "circular", "subpixel", "translate")
+
+
+class ProtocolError(ValueError):
+    """Options that do not make a valid protocol; the message names the flag."""
+
+
+def lattice_pairs(lattice: tuple[int, ...] | None, d: int = 1) -> np.ndarray:
+    """Pairs of sweep indices d steps apart along each axis of the sweep's lattice.
+
+    Args:
+      lattice: (T,) for an ordered 1-D sweep (diagonal, line, rescale, rotate), (R, C) for a
+        row-major grid, None for a sweep without neighbours (random draws).
+      d: steps, >= 1.
+
+    Returns:
+      int32 [E, 2] pairs (a, b), a before b: (k, k + d) for a 1-D sweep; for a grid the
+      horizontal pairs ((r, c), (r, c + d)) then the vertical ones ((r, c), (r + d, c)), as flat
+      row-major indices; [0, 2] for None or when no axis has more than d entries.
+    """
+    if lattice is None:
+        return np.zeros((0, 2), np.int32)
+    index = np.arange(int(np.prod(lattice)), dtype=np.int32).reshape(lattice)
+    out = []
+    for axis in reversed(range(index.ndim)):  # columns (horizontal pairs) first
+        n = index.shape[axis]
+        if n > d:
+            a = np.take(index, np.arange(n - d), axis=axis).ravel()
+            b = np.take(index, np.arange(d, n), axis=axis).ravel()
+            out.append(np.stack([a, b], axis=1))
+    return np.concatenate(out).astype(np.int32) if out else np.zeros((0, 2), np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """A transformation sweep ready for the evaluator.
+
+    Attributes:
+      name: protocol name.
+      transform: `transform(image [H, W, C], param [P]) -> [h, w, C]`.
+      params: [T, P] float32 sweep parameters.
+      reference_index: index of the untransformed / reference entry.
+      x: [T] value plotted on the x axis (shift along the sweep, scale, angle or entry index).
+      xlabel: label of x.
+      output_shape: (h, w, C) of transformed images.
+      lattice: (T,) for an ordered sweep, (R, C) for a row-major grid, None for no neighbours.
+      options: every option that determines the sweep (for the run identity).
+    """
+
+    name: str
+    transform: Callable[[jax.Array, jax.Array], jax.Array]
+    params: np.ndarray
+    reference_index: int
+    x: np.ndarray
+    xlabel: str
+    output_shape: tuple[int, int, int]
+    lattice: tuple[int, ...] | None
+    options: dict = dataclasses.field(default_factory=dict)
+
+    def pairs(self, d: int = 1) -> np.ndarray:
+        """int32 [E, 2] sweep-index pairs d steps apart (`lattice_pairs`); [0, 2] if none."""
+        return lattice_pairs(self.lattice, d)
+
+    def flip_pairs(self, d: int) -> np.ndarray:
+        """The pairs of the flip probability at distance d (`--flip_distance`).
+
+        Raises:
+          ProtocolError: the sweep has neighbours but no line longer than d.
+        """
+        pairs = self.pairs(d)
+        if self.lattice is not None and not len(pairs):
+            raise ProtocolError(
+                f"--flip_distance={d} must be smaller than the longest line of the sweep "
+                f"({max(self.lattice)} entries): allowed 1..{max(self.lattice) - 1}."
+            )
+        return pairs
+
+    def distinct_entries(self, shift_period: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The sweep entries a net of circular shift period `shift_period` must evaluate.
+
+        For the circular protocol and a net whose logits are the same for circular shifts that
+        differ by multiples of `shift_period` on both axes (`SmallNet.circular_period`), shifts
+        with the same (dy mod S, dx mod S) share one evaluation: a 9 x 9 grid on a stride-4
+        net has 16 distinct phases among its 81 shifts.
+
+        Returns:
+          (params [U, P], sweep_index int32 [T]) with params[sweep_index] an equivalent of each
+          entry (its first one of the same phase); (self.params, None) for any other protocol
+          or without a period (every entry evaluated).
+        """
+        if self.name != "circular" or not shift_period:
+            return self.params, None
+        phases = np.mod(np.round(self.params).astype(np.int64), shift_period)
+        _, first, inverse = np.unique(phases, axis=0, return_index=True, return_inverse=True)
+        order = np.argsort(first)  # distinct phases in sweep order
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        return self.params[first[order]], rank[inverse.ravel()].astype(np.int32)
+
+    @property
+    def has_neighbours(self) -> bool:
+        """Whether the sweep declares pairs one step apart (False for random draws)."""
+        return len(self.pairs(1)) > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Every protocol option, with the flag that sets it (see `build`)."""
+
+    sweep: str | None = None
+    max_shift: int = 4
+    min_shift: int | None = None
+    shift_step: float = 1.0
+    num_random: int = 16
+    seed: int = 0
+    crop_size: int | None = None
+    crop_padding: int = 0
+    embed_size: int | None = None
+    canvas_size: int | None = None
+    fill: str = "zero"
+    fill_value: float = 0.0
+    subpixel_method: str = "fourier"
+    scale_min: float = 0.9
+    scale_max: float = 1.1
+    num_scales: int = 11
+    angle_max: float = 15.0
+    angle_step: float = 1.0
+
+
+def shift_sweep(
+    sweep: str, min_shift: int, max_shift: int, num_random: int = 16, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, str, tuple[int, ...] | None]:
+    """Integer shifts (dy, dx) in [min_shift, max_shift] along a sweep shape.
+
+    Returns:
+      shifts int [T, 2], x [T] (plot axis), its label, and the lattice (`lattice_pairs`).
+    """
+    if max_shift < min_shift:
+        raise ProtocolError(f"--max_shift={max_shift} must be >= --min_shift={min_shift}.")
+    if sweep not in SWEEPS:
+        raise ProtocolError(f"--sweep={sweep!r} is not one of {SWEEPS}.")
+    if max_shift == min_shift and sweep != "random":
+        raise ProtocolError(
+            f"--max_shift={max_shift} equals --min_shift: a sweep needs at least two shifts."
+        )
+    if sweep == "diagonal":
+        p = transforms.diagonal(min_shift, max_shift, 1)
+        return p, p[:, 1].astype(np.float32), "shift (dy = dx, px)", (len(p),)
+    if sweep in ("horizontal", "vertical"):
+        p = transforms.line(min_shift, max_shift, 1, axis="x" if sweep == "horizontal" else "y")
+        col = 1 if sweep == "horizontal" else 0
+        return p, p[:, col].astype(np.float32), f"shift ({'dx' if col else 'dy'}, px)", (len(p),)
+    if sweep == "grid":
+        p = transforms.grid(min_shift, max_shift, 1)
+        n = max_shift - min_shift + 1
+        return p, np.arange(len(p), dtype=np.float32), "grid index (row-major dy, dx)", (n, n)
+    p = transforms.random_offsets(seed, num_random, min_shift, max_shift)
+    return p, np.arange(len(p), dtype=np.float32), "random draw", None
+
+
+def _zero_index(shifts: np.ndarray) -> int:
+    """Index of the shift closest to (0, 0)."""
+    return int(np.argmin(np.abs(np.asarray(shifts, np.float32)).sum(axis=1)))
+
+
+def _shift_protocol(name, o: Options, fn, output_shape, step: float = 1.0) -> Protocol:
+    """A protocol over the integer shift sweep of `o`, scaled by `step` px per unit."""
+    shifts, x, label, lattice = shift_sweep(
+        o.sweep or "diagonal", o.min_shift, o.max_shift, o.num_random, o.seed
+    )
+    if step != 1.0:
+        label = label.replace("px", f"x {step:g} px")
+    return Protocol(
+        name,
+        fn,
+        (shifts * step).astype(np.float32),
+        _zero_index(shifts),
+        x * step,
+        label,
+        output_shape,
+        lattice,
+        dataclasses.asdict(o),
+    )
+
+
+def _build_crop(o: Options, shape) -> Protocol:
+    h, _, c = shape
+    padded = h + 2 * o.crop_padding
+    span = o.max_shift - o.min_shift
+    size = o.crop_size or padded - span
+    slack = padded - size
+    if size < 1 or slack < span:
+        raise ProtocolError(
+            f"--crop_size={size}: an image of {h} px padded by {o.crop_padding} leaves {slack} "
+            f"px of slack, less than the shift range {span} "
+            "(lower --max_shift or --crop_size, raise --crop_padding or --image_size)."
+        )
+    # The window's top-left corner (in the padded image) is base - d: content moves by +d.
+    base = o.max_shift + (slack - span) // 2
+    fn = functools.partial(_crop, out_size=(size, size), base=base, padding=o.crop_padding)
+    return _shift_protocol("crop", o, fn, (size, size, c))
+
+
+def _build_embed(name: str, o: Options, shape) -> Protocol:
+    h, _, c = shape
+    canvas = o.canvas_size or h
+    small = o.embed_size or canvas // 2
+    if small > canvas:
+        raise ProtocolError(f"--embed_size={small} exceeds --canvas_size={canvas}.")
+    centre = (canvas - small) // 2
+    if centre + o.min_shift < 0 or centre + o.max_shift + small > canvas:
+        raise ProtocolError(
+            f"--max_shift={o.max_shift}/--min_shift={o.min_shift}: a {small} px image at the "
+            f"centre of a {canvas} px canvas can move only {-centre}..{canvas - small - centre} px."
+        )
+    fn = functools.partial(
+        _embed,
+        canvas_size=(canvas, canvas),
+        image_size=(small, small),
+        base=centre,
+        fill="inpaint" if name == "inpaint" else o.fill,
+        fill_value=o.fill_value,
+    )
+    return _shift_protocol(name, o, fn, (canvas, canvas, c))
+
+
+def _build_circular(o: Options, shape) -> Protocol:
+    return _shift_protocol("circular", o, _circular, tuple(shape))
+
+
+def _build_translate(name: str, o: Options, shape) -> Protocol:
+    step = o.shift_step if name == "subpixel" else 1.0
+    fn = functools.partial(
+        transforms.subpixel_shift,
+        method=o.subpixel_method if name == "subpixel" else "bilinear",
+        fill=o.fill_value if o.fill == "constant" else 0.0,
+    )
+    return _shift_protocol(name, o, fn, tuple(shape), step)
+
+
+def _scalar_protocol(name, o: Options, shape, x, fn, label, reference) -> Protocol:
+    return Protocol(
+        name, fn, x[:, None], reference, x, label, tuple(shape), (len(x),), dataclasses.asdict(o)
+    )
+
+
+def _build_rescale(o: Options, shape) -> Protocol:
+    if o.scale_max <= o.scale_min:
+        raise ProtocolError(f"--scale_max={o.scale_max} must exceed --scale_min={o.scale_min}.")
+    x = np.linspace(o.scale_min, o.scale_max, o.num_scales, dtype=np.float32)
+    fn = functools.partial(_rescale, fill_value=o.fill_value if o.fill == "constant" else 0.0)
+    return _scalar_protocol("rescale", o, shape, x, fn, "scale", int(np.argmin(np.abs(x - 1))))
+
+
+def _build_rotate(o: Options, shape) -> Protocol:
+    n = int(np.floor(o.angle_max / o.angle_step + 1e-6))
+    if n < 1:
+        raise ProtocolError(
+            f"--angle_max={o.angle_max} < --angle_step={o.angle_step}: the sweep has one angle."
+        )
+    x = (np.arange(-n, n + 1) * o.angle_step).astype(np.float32)
+    fn = functools.partial(_rotate, fill_value=o.fill_value if o.fill == "constant" else 0.0)
+    return _scalar_protocol("rotate", o, shape, x, fn, "angle (deg)", n)
+
+
+_BUILDERS: dict[str, Callable[[Options, tuple[int, int, int]], Protocol]] = {
+    "crop": _build_crop,
+    "embed": functools.partial(_build_embed, "embed"),
+    "inpaint": functools.partial(_build_embed, "inpaint"),
+    "circular": _build_circular,
+    "subpixel": functools.partial(_build_translate, "subpixel"),
+    "translate": functools.partial(_build_translate, "translate"),
+    "rescale": _build_rescale,
+    "rotate": _build_rotate,
+}
+
+# Options that only some protocols use: setting one for another protocol is an error.
+_ONLY_FOR = {
+    "sweep": SHIFT_PROTOCOLS,
+    "crop_size": ("crop",),
+    "crop_padding": ("crop",),
+    "embed_size": ("embed", "inpaint"),
+    "canvas_size": ("embed", "inpaint"),
+    "subpixel_method": ("subpixel",),
+    "shift_step": ("subpixel",),
+}
+
+
+def _check_options(name: str, o: Options, defaults: Options) -> None:
+    """Options that do not apply to protocol `name`, or bad values shared by several."""
+    for field, names in _ONLY_FOR.items():
+        if name not in names and getattr(o, field) != getattr(defaults, field):
+            raise ProtocolError(
+                f"--{field} applies to --transform={' / '.join(names)} only, not {name}."
+            )
+    if o.fill not in FILLS:
+        raise ProtocolError(f"--fill={o.fill!r} is not one of {FILLS}.")
+    if o.fill in ("mean", "inpaint") and name != "embed":
+        raise ProtocolError(
+            f"--fill={o.fill!r} applies to --transform=embed only; "
+            f"--transform={name} fills with 'zero' or 'constant'."
+        )
+    if o.subpixel_method not in SUBPIXEL_METHODS:
+        raise ProtocolError(
+            f"--subpixel_method={o.subpixel_method!r} is not one of {SUBPIXEL_METHODS}."
+        )
+    if o.crop_padding < 0:
+        raise ProtocolError(f"--crop_padding={o.crop_padding} must be >= 0.")
+
+
+def build(name: str, image_shape: tuple[int, ...], **options) -> Protocol:
+    """Builds protocol `name` for square images of `image_shape` = (H, W, C).
+
+    Args:
+      name: one of PROTOCOLS.
+      image_shape: (H, W, C) of the input images.
+      **options: fields of `Options`:
+        sweep: shape of shift sweeps (SWEEPS; default 'diagonal'); shift protocols only.
+        max_shift, min_shift: shift range in sweep units (min defaults to -max_shift, and to 0
+          for crop without padding).
+        shift_step: pixels per sweep unit (subpixel only; the others are integer pixels).
+        num_random, seed: draws of the 'random' sweep.
+        crop_size: crop window (default: padded image - (max_shift - min_shift)).
+        crop_padding: zero padding added on every side before cropping (e.g. CIFAR's 4).
+        embed_size, canvas_size: embed/inpaint image and canvas sizes (defaults H // 2, H).
+        fill, fill_value: background of embed, translate, subpixel, rescale and rotate.
+        subpixel_method: interpolation of 'subpixel'.
+        scale_min, scale_max, num_scales: rescale sweep (linear in scale).
+        angle_max, angle_step: rotate sweep, -angle_max..angle_max degrees.
+
+    Returns:
+      A `Protocol`.
+
+    Raises:
+      ProtocolError: options that do not fit the images or the protocol (names the flag).
+    """
+    if name not in PROTOCOLS:
+        raise ProtocolError(f"--transform={name!r} is not one of {PROTOCOLS}.")
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(Options)})
+    if unknown:
+        raise ProtocolError(f"unknown protocol option(s) {unknown}.")
+    o = Options(**options)
+    _check_options(name, o, Options())
+    h, w, _ = image_shape
+    if h != w:
+        raise ProtocolError(f"images are {h}x{w}; protocols need square images (set --image_size).")
+    if o.min_shift is None:
+        default_min = 0 if name == "crop" and not o.crop_padding else -o.max_shift
+        o = dataclasses.replace(o, min_shift=default_min)
+    return _BUILDERS[name](o, tuple(image_shape))
+
+
+# Adapters from the sweep's float parameter vector to each transform's arguments.
+
+
+def _int(param):
+    return jnp.round(param).astype(jnp.int32)
+
+
+def _crop(image, param, *, out_size, base, padding):
+    if padding:
+        image = jnp.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+    return transforms.crop(image, base - _int(param), out_size=out_size)
+
+
+def _embed(image, param, *, canvas_size, image_size, base, fill, fill_value):
+    return transforms.embed(
+        image,
+        _int(param) + base,
+        canvas_size=canvas_size,
+        image_size=image_size,
+        fill=fill,
+        fill_value=fill_value,
+    )
+
+
+def _circular(image, param):
+    return transforms.circular_shift(image, _int(param))
+
+
+def _rescale(image, param, *, fill_value):
+    return transforms.rescale(image, param[0], fill=fill_value)
+
+
+def _rotate(image, param, *, fill_value):
+    return transforms.rotate(image, param[0], fill=fill_value)

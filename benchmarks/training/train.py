@@ -1,0 +1,641 @@
+"""Training: optax optimizers and schedules, a jitted train step, orbax checkpoints, resume.
+
+`train` fits a flax linen classifier (`model.apply(variables, x, train=bool, mutable=[...]) ->
+(logits [N, K], features)`, with or without a 'batch_stats' collection) on in-memory arrays.
+
+Determinism: the data order is a pure function of (seed, step) (`batch_indices`), and the
+augmentation key of a step is `fold_in(key, step)`, so a run that is interrupted and resumed from
+its checkpoint sees the same batches, and ends with the same parameters, as one that is not.
+Checkpoints (the latest 2) live in `workdir` (local or gs://) with the config and the run
+identity (model, data) they were made with; resuming with a different config or identity is
+refused with a message that names what differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from jax.typing import ArrayLike
+
+from benchmarks.core import run_identity
+from benchmarks.data.augment import AUGMENTATIONS, augment_batch
+from models.layers.subsampling import is_int
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _require(ok: bool, field: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"TrainConfig.{field} must be {allowed}, got {value!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (and must match to resume one).
+
+    Attributes:
+      optimizer: one of OPTIMIZERS. 'sgd' (plain), 'momentum' (heavy ball), 'adam', 'adamw'.
+      learning_rate: peak learning rate, > 0.
+      momentum: momentum of 'momentum', in [0, 1); unused by the others.
+      schedule: one of SCHEDULES: 'constant', 'cosine' (decay to 0 over num_steps),
+        'warmup_cosine' (linear from 0 over warmup_steps, then cosine to 0 at num_steps).
+      warmup_steps: for 'warmup_cosine' an int in [1, num_steps); 0 otherwise.
+      weight_decay: >= 0, on kernels only (ndim > 1: no biases, no BatchNorm scales): decoupled
+        for 'adamw', an L2 term added to the gradient for the others.
+      batch_size: examples per step, >= 1 (and <= the number of examples).
+      num_steps: optimizer steps, >= 1 (`steps_for_epochs` converts epochs).
+      augmentation: one of AUGMENTATIONS (see benchmarks.data.augment): 'none', 'crop' (random
+        zero-filled shift by up to max_shift px), 'embed' (the image at a random position of a
+        canvas_size canvas: the model then sees canvas-sized images), 'flip' (left-right).
+      max_shift: for 'crop' an int >= 1 (pixels); 0 otherwise.
+      canvas_size: for 'embed' an int >= the image side (pixels); 0 otherwise.
+      seed: int >= 0; fixes the initialisation, the data order and the augmentation.
+      log_every: log (and record in the history) every this many steps, >= 1.
+      checkpoint_every: checkpoint every this many steps (and at the end), >= 1.
+    """
+
+    optimizer: str = "momentum"
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    num_steps: int = 1000
+    augmentation: str = "none"
+    max_shift: int = 0
+    canvas_size: int = 0
+    seed: int = 0
+    log_every: int = 100
+    checkpoint_every: int = 500
+
+    def __post_init__(self):
+        _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
+        _require(
+            _is_real(self.learning_rate) and self.learning_rate > 0,
+            "learning_rate",
+            self.learning_rate,
+            "a finite number > 0",
+        )
+        _require(
+            _is_real(self.momentum) and 0 <= self.momentum < 1,
+            "momentum",
+            self.momentum,
+            "a number in [0, 1)",
+        )
+        _require(self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {SCHEDULES}")
+        _require(
+            _is_real(self.weight_decay) and self.weight_decay >= 0,
+            "weight_decay",
+            self.weight_decay,
+            "a finite number >= 0",
+        )
+        for field in ("batch_size", "num_steps", "log_every", "checkpoint_every"):
+            value = getattr(self, field)
+            _require(is_int(value) and value >= 1, field, value, "an int >= 1")
+        _require(is_int(self.seed) and self.seed >= 0, "seed", self.seed, "an int >= 0")
+        if self.schedule == "warmup_cosine":
+            _require(
+                is_int(self.warmup_steps) and 1 <= self.warmup_steps < self.num_steps,
+                "warmup_steps",
+                self.warmup_steps,
+                f"an int in [1, num_steps={self.num_steps}) with schedule='warmup_cosine'",
+            )
+        else:
+            _require(
+                self.warmup_steps == 0,
+                "warmup_steps",
+                self.warmup_steps,
+                "0 unless schedule='warmup_cosine'",
+            )
+        _require(
+            self.augmentation in AUGMENTATIONS,
+            "augmentation",
+            self.augmentation,
+            f"one of {AUGMENTATIONS}",
+        )
+        for field, kind in (("max_shift", "crop"), ("canvas_size", "embed")):
+            value = getattr(self, field)
+            if self.augmentation == kind:
+                _require(
+                    is_int(value) and value >= 1,
+                    field,
+                    value,
+                    f"an int >= 1 with augmentation={kind!r}",
+                )
+            else:
+                _require(value == 0, field, value, f"0 unless augmentation={kind!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What `train` returns.
+
+    Attributes:
+      variables: the trained flax variables ({'params': ..., and e.g. 'batch_stats': ...}).
+      steps: optimizer steps taken in total (= config.num_steps).
+      wall_time_s: seconds spent training, summed over every call that contributed (a resumed run
+        counts the time up to its last checkpoint, plus the time after).
+      final_loss: training loss (mean cross-entropy, nats) of the last step's batch.
+      history: [{'step': int, 'loss': float}] every log_every steps and at the last step.
+    """
+
+    variables: Any
+    steps: int
+    wall_time_s: float
+    final_loss: float
+    history: list
+
+
+def steps_for_epochs(epochs: float, num_examples: int, batch_size: int) -> int:
+    """Optimizer steps for `epochs` passes over `num_examples`: ceil(epochs * N / batch_size)."""
+    if not (_is_real(epochs) and epochs > 0):
+        raise ValueError(f"epochs must be a finite number > 0, got {epochs!r}.")
+    if not (is_int(num_examples) and is_int(batch_size) and num_examples >= 1 and batch_size >= 1):
+        raise ValueError(
+            f"num_examples and batch_size must be ints >= 1, got {num_examples!r}, {batch_size!r}."
+        )
+    return math.ceil(epochs * num_examples / batch_size)
+
+
+def make_schedule(config: TrainConfig) -> optax.Schedule:
+    """The learning-rate schedule of `config`: step (int) -> learning rate."""
+    if config.schedule == "constant":
+        return optax.constant_schedule(config.learning_rate)
+    if config.schedule == "cosine":
+        return optax.cosine_decay_schedule(config.learning_rate, config.num_steps)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, config.warmup_steps, config.num_steps
+    )
+
+
+def _kernels_only(params: Any) -> Any:
+    """Weight-decay mask: True for arrays with ndim > 1 (conv and dense kernels)."""
+    return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """The optax optimizer of `config` (optimizer, schedule, weight decay on kernels)."""
+    lr = make_schedule(config)
+    if config.optimizer == "adamw":
+        return optax.adamw(lr, weight_decay=config.weight_decay, mask=_kernels_only)
+    if config.optimizer == "adam":
+        base = optax.adam(lr)
+    else:
+        base = optax.sgd(lr, momentum=config.momentum if config.optimizer == "momentum" else None)
+    if config.weight_decay == 0:
+        return base
+    return optax.chain(optax.add_decayed_weights(config.weight_decay, mask=_kernels_only), base)
+
+
+@functools.lru_cache(maxsize=1)
+def _epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    """A permutation of range(num_examples) for one epoch, int [num_examples]."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 1), epoch)
+    return np.asarray(jax.random.permutation(key, num_examples))
+
+
+def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> np.ndarray:
+    """Example indices of batch `step`, a pure function of its arguments.
+
+    Epoch e = step // (num_examples // batch_size) visits a seeded random permutation of the
+    examples in consecutive batch_size chunks (the num_examples % batch_size left over are skipped
+    that epoch), so within an epoch no example repeats.
+
+    Returns:
+      int [batch_size], values in [0, num_examples).
+    """
+    if not 1 <= batch_size <= num_examples:
+        raise ValueError(
+            f"batch_size must be in [1, num_examples={num_examples}], got {batch_size!r}."
+        )
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step!r}.")
+    epoch, position = divmod(step, num_examples // batch_size)
+    return _epoch_order(seed, epoch, num_examples)[
+        position * batch_size : (position + 1) * batch_size
+    ]
+
+
+def _check_data(
+    images: ArrayLike, labels: ArrayLike, config: TrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validates the training arrays; returns float32 [N,H,W,C] and int32 [N] numpy arrays."""
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.ndim != 4 or not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(f"images must be float [N, H, W, C], got {images.dtype} {images.shape}.")
+    if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"labels must be int [N={images.shape[0]}], got {labels.dtype} {labels.shape}."
+        )
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"labels must be >= 0, got min {labels.min()}.")
+    if config.batch_size > len(labels):
+        raise ValueError(
+            f"TrainConfig.batch_size must be <= the number of examples {len(labels)}, "
+            f"got {config.batch_size}."
+        )
+    if config.augmentation == "embed" and config.canvas_size < max(images.shape[1:3]):
+        raise ValueError(
+            f"TrainConfig.canvas_size must be >= the image size "
+            f"{images.shape[1]}x{images.shape[2]}, got {config.canvas_size}."
+        )
+    return images.astype(np.float32, copy=False), labels.astype(np.int32, copy=False)
+
+
+def _shardings(
+    mesh: Mesh | None, batch_size: int
+) -> tuple[NamedSharding | None, NamedSharding | None]:
+    """(batch sharding over mesh axis 'batch', replicated sharding), or (None, None) without mesh."""
+    if mesh is None:
+        return None, None
+    if "batch" not in mesh.axis_names:
+        raise ValueError(f"mesh must have an axis named 'batch', got axes {mesh.axis_names}.")
+    if batch_size % mesh.shape["batch"]:
+        raise ValueError(
+            f"TrainConfig.batch_size={batch_size} must be a multiple of the mesh "
+            f"'batch' axis size {mesh.shape['batch']}."
+        )
+    return NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
+
+
+@functools.lru_cache(maxsize=4)
+def _train_step(
+    model: nn.Module, config: TrainConfig, replicated: NamedSharding | None
+) -> Callable:
+    """jit((state, images [B,H,W,C], labels [B]) -> (state, mean loss)); state is donated.
+
+    Cached on its (hashable) arguments, so runs of the same model and config in one process
+    (e.g. an interrupted run and its resumption) share one compilation.
+    """
+    tx = make_optimizer(config)
+    key = jax.random.split(jax.random.PRNGKey(config.seed))[1]
+
+    def loss_fn(params, rest, images, labels, dropout_key):
+        (logits, _), updates = model.apply(
+            {"params": params, **rest},
+            images,
+            train=True,
+            mutable=list(rest),
+            rngs={"dropout": dropout_key},
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), updates
+
+    def step_fn(state, images, labels):
+        aug_key, dropout_key = jax.random.split(jax.random.fold_in(key, state["step"]))
+        images = augment_batch(
+            aug_key, images, config.augmentation, config.max_shift, config.canvas_size
+        )
+        params = state["variables"]["params"]
+        rest = {k: v for k, v in state["variables"].items() if k != "params"}
+        (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, rest, images, labels, dropout_key
+        )
+        deltas, opt_state = tx.update(grads, state["opt_state"], params)
+        variables = {**rest, **updates, "params": optax.apply_updates(params, deltas)}
+        return {"step": state["step"] + 1, "variables": variables, "opt_state": opt_state}, loss
+
+    out = {} if replicated is None else {"out_shardings": replicated}
+    return jax.jit(step_fn, donate_argnums=0, **out)
+
+
+def _cached_train_step(
+    model: nn.Module, config: TrainConfig, replicated: NamedSharding | None
+) -> Callable:
+    """`_train_step`, from its cache unless the model is unhashable (e.g. has a list field)."""
+    try:
+        hash(model)
+    except TypeError:
+        return _train_step.__wrapped__(model, config, replicated)
+    return _train_step(model, config, replicated)
+
+
+def _init_state(
+    model: nn.Module,
+    config: TrainConfig,
+    input_shape: tuple[int, ...],
+    replicated: NamedSharding | None = None,
+) -> dict:
+    """A fresh training state {'step', 'variables', 'opt_state'} for inputs of shape (H, W, C).
+
+    One jitted call creates it (op by op, flax's init compiles every primitive separately:
+    10.6 s for vgg_small against 5 s jitted, nearly all of it the compile; the values are the
+    same bit for bit). With `replicated`, directly in that sharding, so every array is a
+    global array on the mesh (as a multi-process run and orbax need), never a single-device
+    one; without it, on the default device.
+    """
+    return jax.jit(_state_fn(model, config, input_shape), out_shardings=replicated)()
+
+
+def _state_fn(model: nn.Module, config: TrainConfig, input_shape: tuple[int, ...]) -> Callable:
+    """() -> a fresh training state (see `_init_state`)."""
+
+    def init():
+        init_key = jax.random.split(jax.random.PRNGKey(config.seed))[0]
+        variables = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+        opt_state = make_optimizer(config).init(variables["params"])
+        return {"step": jnp.zeros((), jnp.int32), "variables": variables, "opt_state": opt_state}
+
+    return init
+
+
+def _abstract_state(model: nn.Module, config: TrainConfig, input_shape: tuple[int, ...]) -> Any:
+    """The training state's structure, shapes and dtypes, on the first local device, without
+    computing (or compiling) anything: a restore target."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shapes = jax.eval_shape(_state_fn(model, config, input_shape))
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), shapes)
+
+
+def _device_batch(
+    images: np.ndarray, labels: np.ndarray, idx: np.ndarray, sharding: NamedSharding | None
+) -> tuple[jax.Array, jax.Array]:
+    """The batch images[idx], labels[idx] on the devices: split over `sharding`'s batch axis,
+    each process gathering and copying only the rows of its own devices; or on the default
+    device without a sharding."""
+    if sharding is None:
+        return jax.device_put((images[idx], labels[idx]))
+    return tuple(
+        jax.make_array_from_callback(
+            (len(idx), *a.shape[1:]), sharding, lambda index, a=a: a[idx[index[0]]]
+        )
+        for a in (images, labels)
+    )
+
+
+def _load_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+    """The JSON metadata (config, history, wall_time_s, final_loss) of checkpoint `step`."""
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+
+def _load_state(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
+    """The training state of checkpoint `step`, in the structure (and shardings) of `target`."""
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    return manager.restore(step, args=args).state
+
+
+def checkpoint_dir(workdir: str) -> epath.Path:
+    """`workdir` as the absolute path orbax needs: local paths made absolute, gs:// kept."""
+    return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
+
+
+def _restore(
+    manager: ocp.CheckpointManager,
+    state: Any,
+    config: TrainConfig,
+    identity: dict,
+    workdir: str,
+) -> tuple[Any, dict]:
+    """Loads the latest checkpoint into the structure (and shardings) of `state`.
+
+    Raises:
+      ValueError: the checkpoint was made with a different config or run identity.
+    """
+    step = manager.latest_step()
+    meta = _load_meta(manager, step)
+    run_identity.check(
+        meta.get("identity", {}),
+        identity,
+        f"workdir={workdir!r} holds a checkpoint (step {step}) that",
+    )
+    given = dataclasses.asdict(config)
+    if meta["config"] != given:
+        diff = {
+            k: (meta["config"].get(k), given.get(k))
+            for k in given.keys() | meta["config"].keys()
+            if meta["config"].get(k) != given.get(k)
+        }
+        raise ValueError(
+            f"workdir={workdir!r} holds a checkpoint (step {step}) of a run with a "
+            f"different config, field: (stored, given): {diff}. Use a new workdir, or "
+            "the stored config to resume."
+        )
+    return _load_state(manager, step, state), meta
+
+
+def restore_variables(workdir: str, model: nn.Module, input_shape: tuple[int, ...]) -> Any:
+    """The model variables of the latest checkpoint that `train` wrote in `workdir`.
+
+    Args:
+      workdir: a `train` workdir.
+      model: the module that was trained there.
+      input_shape: (H, W, C) of the images the model sees (for 'embed' training: the canvas).
+
+    Returns:
+      The flax variables ({'params': ..., and e.g. 'batch_stats': ...}).
+
+    Raises:
+      ValueError: workdir holds no checkpoint.
+    """
+    if not epath.Path(workdir).is_dir():
+        raise ValueError(f"workdir={workdir!r} does not exist.")
+    options = ocp.CheckpointManagerOptions(read_only=True)
+    with ocp.CheckpointManager(checkpoint_dir(workdir), options=options) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise ValueError(
+                f"workdir={workdir!r} holds no checkpoint of benchmarks.training.train."
+            )
+        config = TrainConfig(**_load_meta(manager, step)["config"])
+        target = _abstract_state(model, config, tuple(input_shape))
+        return _load_state(manager, step, target)["variables"]
+
+
+def _run_steps(
+    manager: ocp.CheckpointManager,
+    step_fn: Callable,
+    state: Any,
+    meta: dict,
+    images: np.ndarray,
+    labels: np.ndarray,
+    config: TrainConfig,
+    batch_sharding: NamedSharding | None,
+    on_step: Callable[[int], None] | None,
+) -> tuple[Any, dict]:
+    """The training loop from state["step"] to config.num_steps: logs, checkpoints.
+
+    Returns the final state and `meta` (updated in place: history, final_loss, wall_time_s).
+    """
+    start = int(state["step"])
+    t_start = t_log = time.perf_counter()
+    wall_before, step_log = meta["wall_time_s"], start
+    for step in range(start, config.num_steps):
+        idx = batch_indices(config.seed, step, len(labels), config.batch_size)
+        state, loss = step_fn(state, *_device_batch(images, labels, idx, batch_sharding))
+        done = step + 1
+        if done % config.log_every == 0 or done == config.num_steps:
+            loss_value, now = float(loss), time.perf_counter()
+            rate = (done - step_log) / (now - t_log)
+            eta = (config.num_steps - done) / rate
+            logging.info(
+                "step %d/%d  loss %.4f  %.2f steps/s  ETA %.0f s",
+                done,
+                config.num_steps,
+                loss_value,
+                rate,
+                eta,
+            )
+            meta["history"].append({"step": done, "loss": loss_value})
+            t_log, step_log = now, done
+        if done % config.checkpoint_every == 0 or done == config.num_steps:
+            meta["final_loss"] = float(loss)
+            meta["wall_time_s"] = wall_before + time.perf_counter() - t_start
+            snapshot = {**meta, "history": list(meta["history"])}  # saved asynchronously
+            manager.save(
+                done,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(snapshot)
+                ),
+            )
+        if on_step is not None:
+            on_step(done)
+    manager.wait_until_finished()
+    return state, meta
+
+
+def train(
+    model: nn.Module,
+    images: ArrayLike,
+    labels: ArrayLike,
+    config: TrainConfig,
+    workdir: str,
+    *,
+    mesh: Mesh | None = None,
+    on_step: Callable[[int], None] | None = None,
+    identity: dict | None = None,
+) -> TrainResult:
+    """Trains `model` with softmax cross-entropy, resuming from `workdir` if it holds a checkpoint.
+
+    Each step draws batch `batch_indices(seed, step, N, batch_size)`, augments it inside the jitted
+    step, and takes one optimizer step; it logs step, loss, steps/s and ETA every log_every steps,
+    and checkpoints every checkpoint_every steps and at the end (keeping the latest 2). A run whose
+    checkpoint already has all num_steps returns it without training.
+
+    Args:
+      model: flax linen module, `apply(variables, x, train=bool, mutable=[...]) -> (logits [B, K],
+        features)`; collections other than 'params' (e.g. 'batch_stats') are updated each step.
+      images: float [N, H, W, C] in [0, 1] (host memory; batches are copied to the device(s)).
+      labels: int [N] in [0, K).
+      config: the run (also checked against the checkpoint's config on resume).
+      workdir: directory for the checkpoints (created if missing); one run per directory.
+      mesh: optional mesh with an axis 'batch': batches are split over it and the state is
+        replicated. It may span several processes (`jax.distributed`): every process then
+        calls `train` with the same arguments (the same host arrays), feeds the rows of its
+        own devices, and takes part in every checkpoint save and restore (workdir must be
+        one directory they all see, e.g. gs://). None: the default device.
+      on_step: called with the number of completed steps after every step (after that step's
+        checkpoint, if any, is queued); an exception it raises stops training and propagates.
+      identity: what else determines the run (model name and fields, data identity and
+        digest); stored with every checkpoint and checked on resume (`run_identity`).
+
+    Returns:
+      A `TrainResult`.
+
+    Raises:
+      ValueError: bad arrays or mesh, or a checkpoint in workdir made with a different config
+        or identity.
+    """
+    identity = run_identity.jsonable(identity or {})
+    images, labels = _check_data(images, labels, config)
+    batch_sharding, replicated = _shardings(mesh, config.batch_size)
+    canvas = (config.canvas_size, config.canvas_size) if config.augmentation == "embed" else None
+    input_shape = (*(canvas or images.shape[1:3]), images.shape[3])
+    state = _init_state(model, config, input_shape, replicated)
+    meta = {
+        "config": dataclasses.asdict(config),
+        "history": [],
+        "wall_time_s": 0.0,
+        "final_loss": None,
+        "identity": identity,
+    }
+    options = ocp.CheckpointManagerOptions(max_to_keep=2)
+    with ocp.CheckpointManager(checkpoint_dir(workdir), options=options) as manager:
+        if manager.latest_step() is not None:
+            state, meta = _restore(manager, state, config, identity, workdir)
+        if int(state["step"]) < config.num_steps:
+            logging.info(
+                "Training %s from step %d to %d in %s",
+                type(model).__name__,
+                int(state["step"]),
+                config.num_steps,
+                workdir,
+            )
+            state, meta = _run_steps(
+                manager,
+                _cached_train_step(model, config, replicated),
+                state,
+                meta,
+                images,
+                labels,
+                config,
+                batch_sharding,
+                on_step,
+            )
+    return TrainResult(
+        variables=state["variables"],
+        steps=int(state["step"]),
+        wall_time_s=meta["wall_time_s"],
+        final_loss=meta["final_loss"],
+        history=meta["history"],
+    )
+
+
+def evaluate_accuracy(
+    model: nn.Module, variables: Any, images: ArrayLike, labels: ArrayLike, batch_size: int = 256
+) -> float:
+    """Top-1 accuracy of `model.apply(variables, x, train=False)` on a labelled set.
+
+    Args:
+      model: flax linen module returning (logits [B, K], features).
+      variables: its variables.
+      images: float [N, H, W, C], N >= 1.
+      labels: int [N].
+      batch_size: images per forward pass, >= 1 (the last batch is zero-padded; one compile).
+
+    Returns:
+      Fraction of images whose argmax logit equals the label, in [0, 1].
+    """
+    images, labels = np.asarray(images, np.float32), np.asarray(labels)
+    if images.ndim != 4 or labels.shape != images.shape[:1] or not labels.size:
+        raise ValueError(
+            f"images must be [N, H, W, C] and labels [N] with N >= 1, got "
+            f"{images.shape} and {labels.shape}."
+        )
+    if not (is_int(batch_size) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+
+    @jax.jit
+    def count_correct(variables, x, y):
+        logits, _ = model.apply(variables, x, train=False)
+        return jnp.sum(jnp.argmax(logits, -1) == y)
+
+    batch_size = min(batch_size, len(labels))
+    pad = -len(labels) % batch_size
+    images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), np.float32)])
+    labels = np.concatenate([labels.astype(np.int32), np.full(pad, -1, np.int32)])  # never correct
+    correct = sum(
+        int(count_correct(variables, images[i : i + batch_size], labels[i : i + batch_size]))
+        for i in range(0, len(labels), batch_size)
+    )
+    return correct / (len(labels) - pad)

@@ -14,7 +14,9 @@ os.environ.setdefault(
     os.path.join(tempfile.gettempdir(), f"shiftbench-test-xla-cache-{os.getuid()}"),
 )
 
-import benchmarks  # noqa: E402, F401  (the package's XLA CPU defaults, before any JAX work)
+import benchmarks  # noqa: E402
+
+benchmarks.configure_xla_cpu()  # the package's XLA CPU defaults, before any JAX work
 
 # End-to-end tests (entry points in subprocesses, model ports) take 10-40 s each; the rest well
 # under a second. Collected first, they spread over the xdist workers from the start instead

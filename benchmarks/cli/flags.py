@@ -16,6 +16,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from benchmarks.core import evaluator, protocols
+from benchmarks.runtime.xla_defaults import configure_xla_cpu
 from models.layers.subsampling import PADDING_MODES, STRIDE_MODES
 
 FLAGS = flags.FLAGS
@@ -356,8 +357,11 @@ def _not_library_chatter(record: logging.LogRecord) -> bool:
 def run_main(main: Callable[[list[str]], None]) -> None:
     """`app.run(main)`, printing a FlagError / DataError / ProtocolError as one line, exit 2.
 
-    orbax's INFO logs are dropped (its warnings and errors stay), so that progress shows.
+    Starts XLA with the package's CPU settings (`configure_xla_cpu`, before any JAX
+    computation). orbax's INFO logs are dropped (its warnings and errors stay), so that
+    progress shows.
     """
+    configure_xla_cpu()
     from benchmarks.data.datasets import DataError
 
     absl_logging.get_absl_handler().addFilter(_not_library_chatter)

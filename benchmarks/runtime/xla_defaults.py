@@ -1,8 +1,8 @@
 """XLA CPU settings the package starts JAX with (before its CPU backend exists).
 
-`benchmarks/__init__.py` calls `configure_xla_cpu()` on import, so every entry point and
-every library user who imports shiftbench before running a JAX computation gets them without
-setting XLA flags by hand. A flag the user's own XLA_FLAGS already names is left alone, and
+Nothing here runs on import: the entry points call `configure_xla_cpu()` before JAX starts
+(`benchmarks.cli.flags.run_main`), and a library user calls it (as `benchmarks.configure_xla_cpu()`)
+before the first JAX computation. A flag the user's own XLA_FLAGS already names is left alone, and
 SHIFTBENCH_NO_XLA_DEFAULTS=1 in the environment turns the defaults off.
 
 `XLA_CPU_FLAGS`: ``--xla_cpu_experimental_ynn_fusion_type=`` (empty: no YNNPACK fusions; XLA's

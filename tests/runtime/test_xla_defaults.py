@@ -65,3 +65,24 @@ def test_an_old_jaxlib_gets_no_flag_it_would_abort_on(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setattr(xla_defaults, "_jaxlib_at_least", lambda version: False)
     assert xla_defaults.configure_xla_cpu() == ""
+
+
+def test_importing_the_package_leaves_xla_flags_alone():
+    """`import benchmarks` (and its library modules) changes no environment variable; the
+    entry points and library users call `configure_xla_cpu` themselves."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os; before = dict(os.environ); import benchmarks; "
+        "from benchmarks.core import evaluator, protocols; "
+        "from benchmarks.inference import classifiers; "
+        "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items()); "
+        "print(os.environ.get('XLA_FLAGS', '<unset>'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.pop(xla_defaults.OPT_OUT_ENV, None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert out.stdout.strip() == "<unset>"

@@ -72,9 +72,7 @@ def rows_for(
     return rows
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise sb_flags.FlagError(f"unexpected arguments {argv[1:]}.")
+def main() -> None:
     if not FLAGS.runs:
         raise sb_flags.FlagError("--runs: give one or more benchmarks.invariance output dirs.")
     records = [load_run(p) for p in FLAGS.runs]

@@ -26,14 +26,14 @@ from benchmarks.core import evaluator
 from benchmarks.data import datasets
 from benchmarks.inference import classifiers, fastpath
 from benchmarks.results import report
-from benchmarks.runtime import cluster, xla_defaults
+from benchmarks.runtime import xla_defaults
 
 FLAGS = flags.FLAGS
 
 sb_flags.define_data_flags()
 sb_flags.define_protocol_flags()
 sb_flags.define_eval_flags()
-cluster.define_flags()
+sb_flags.define_cluster_flags()
 flags.DEFINE_bool(
     "share_phases",
     True,
@@ -51,17 +51,14 @@ flags.DEFINE_integer(
 sb_flags.define_model_flags()
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise sb_flags.FlagError(f"unexpected arguments {argv[1:]}.")
+def main() -> None:
     _set_cpu_devices()
-    cluster.initialize_from_flags()
+    sb_flags.join_cluster()
     sb_flags.check_batch_size(FLAGS.batch_size)
     start = time.perf_counter()
     dataset = datasets.open_dataset(FLAGS.dataset, FLAGS.split, FLAGS.data_dir)
     image_shape = datasets.example_shape(dataset, FLAGS.image_size)
     protocol = sb_flags.protocol_from_flags(image_shape)
-    flip_pairs = protocol.flip_pairs(FLAGS.flip_distance)
     classifier = sb_flags.classifier_from_flags(dataset.num_classes, protocol.output_shape)
     config = sb_flags.eval_config_from_flags()
     period = (
@@ -69,15 +66,14 @@ def main(argv: list[str]) -> None:
         if FLAGS.share_phases
         else None
     )
-    params, sweep_index = protocol.distinct_entries(period)
+    logits, variables = classifier.inference(protocol.output_shape, FLAGS.fast)
+    ev = evaluator.Evaluator(logits, protocol, config, variables=variables, shift_period=period)
     sharing = None
-    if sweep_index is not None:
-        sharing = {"period": period, "distinct": len(params), "entries": len(protocol.params)}
+    if ev.sweep_index is not None:
+        sharing = {"period": period, "distinct": len(ev.params), "entries": len(protocol.params)}
         logging.info(
             "circular shifts share phases (period %d): %d distinct of %d", *sharing.values()
         )
-    logits, variables = classifier.inference(protocol.output_shape, FLAGS.fast)
-    ev = evaluator.Evaluator(logits, protocol.transform, FLAGS.batch_size, config, variables)
     n = len(dataset) if FLAGS.num_images is None else min(FLAGS.num_images, len(dataset))
     counts = datasets.ReadCounts()  # the images --image_size had to upscale
 
@@ -111,11 +107,6 @@ def main(argv: list[str]) -> None:
     }
     result = ev.run(
         batches_from,
-        params,
-        protocol.reference_index,
-        pairs=protocol.pairs(1),
-        flip_pairs=flip_pairs,
-        sweep_index=sweep_index,
         identity=identity,
         state_path=os.path.join(FLAGS.output_dir, "eval_state.npz"),
         total_batches=-(-n // FLAGS.batch_size),

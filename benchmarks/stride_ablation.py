@@ -35,7 +35,6 @@ from benchmarks.core import equivariance, evaluator, protocols, run_identity
 from benchmarks.data import augment, datasets
 from benchmarks.inference import classifiers, fastpath
 from benchmarks.results import report
-from benchmarks.runtime import cluster
 from benchmarks.studies import ablation_summary
 from benchmarks.training import train
 
@@ -43,7 +42,7 @@ FLAGS = flags.FLAGS
 
 sb_flags.define_data_flags(default_split="test")
 sb_flags.define_eval_flags(default_output_dir="runs/ablation")
-cluster.define_flags()
+sb_flags.define_cluster_flags()
 sb_flags.define_model_flags(default_model="vgg_small")
 flags.DEFINE_string("train_split", "train", "Split to train on (TFDS slicing honoured).")
 flags.DEFINE_integer(
@@ -190,19 +189,15 @@ def run_variant(
         if shape not in inference:
             inference[shape] = clf.inference(shape, FLAGS.fast)
         logits, variables = inference[shape]
-        ev = evaluator.Evaluator(logits, proto.transform, FLAGS.batch_size, eval_config, variables)
         # Circular shifts of one phase share an evaluation where the model declares a period.
-        params, sweep_index = proto.distinct_entries(
-            classifiers.shift_period(model, proto.output_shape)
+        ev = evaluator.Evaluator(
+            logits,
+            proto,
+            eval_config,
+            variables=variables,
+            shift_period=classifiers.shift_period(model, proto.output_shape),
         )
-        res = ev.run(
-            datasets.local_batches(*eval_data, FLAGS.batch_size),
-            params,
-            proto.reference_index,
-            pairs=proto.pairs(1),
-            flip_pairs=proto.flip_pairs(eval_config.flip_distance),
-            sweep_index=sweep_index,
-        )
+        res = ev.run(datasets.local_batches(*eval_data, FLAGS.batch_size))
         result["protocols"][name] = {
             "metrics": res.metrics,
             "stderr": res.stderr,
@@ -234,10 +229,8 @@ def run_variant(
     return result
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise sb_flags.FlagError(f"unexpected arguments {argv[1:]}.")
-    cluster.initialize_from_flags()
+def main() -> None:
+    sb_flags.join_cluster()
     sb_flags.check_batch_size(FLAGS.batch_size)
     start = time.perf_counter()
     seeds = [int(s) for s in FLAGS.seeds] if all(s.isdigit() for s in FLAGS.seeds) else None

@@ -86,7 +86,6 @@ from benchmarks.core import evaluator, protocols
 from benchmarks.data import datasets
 from benchmarks.inference import classifiers
 from benchmarks.results import report
-from benchmarks.runtime import cluster
 
 FLAGS = flags.FLAGS
 
@@ -181,7 +180,7 @@ flags.DEFINE_enum(
 flags.DEFINE_bool("profile", False, "Profile one evaluator round per XLA op.")
 flags.DEFINE_integer("seed", 0, "Seed of images, labels and weights.")
 flags.DEFINE_string("output_dir", "runs/throughput", "Where throughput.json is written.")
-cluster.define_flags()
+sb_flags.define_cluster_flags()
 
 
 # --- compile accounting ----------------------------------------------------------------------
@@ -307,19 +306,14 @@ def make_evaluator(
     w: Workload, chunk_size: int, images_per_call: int
 ) -> tuple[evaluator.Evaluator, Callable[[], Any]]:
     """(a): the evaluator and a runner returning its accuracy per parameter [T]."""
-    ev = evaluator.Evaluator(
-        w.logits,
-        w.protocol.transform,
-        w.batch_size,
-        evaluator.EvalConfig(chunk_size=chunk_size, images_per_call=images_per_call),
-        w.variables,
+    config = evaluator.EvalConfig(
+        batch_size=w.batch_size, chunk_size=chunk_size, images_per_call=images_per_call
     )
-
+    ev = evaluator.Evaluator(w.logits, w.protocol, config, variables=w.variables)
     batches = w.host_batches  # sliced once, outside the timed calls
 
     def run():
-        result = ev.run(batches, w.protocol.params, w.protocol.reference_index, progress_every=0)
-        return result.accuracy_per_param
+        return ev.run(batches, progress_every=0).accuracy_per_param
 
     return ev, run
 
@@ -430,17 +424,21 @@ def timed_rounds(runners: dict[str, Callable[[], Any]], repeats: int) -> dict[st
 def scaling_transforms(
     ev: evaluator.Evaluator, w: Workload, base: int, factors: list[int]
 ) -> list[dict[str, Any]]:
-    """Evaluator cost for sweeps of base x factor parameters (the protocol's sweep repeated)."""
+    """Evaluator cost for sweeps of base x factor parameters (the protocol's sweep repeated),
+    with the call sizes and variables of `ev`."""
     rows = []
     image_shape = w.batches[0][0].shape[1:]
     first = w.host_batches[:1]
     for factor in factors:
         params = np.resize(w.protocol.params, (base * factor, w.protocol.params.shape[1]))
+        sweep = evaluator.Evaluator(
+            w.logits, w.protocol.with_sweep(params, 0), ev.config, variables=w.variables
+        )
         mark = len(_EVENTS)
-        ev.run(first, params, 0, progress_every=0)  # compile
+        sweep.run(first, progress_every=0)  # compile
         compiles, compile_s = _compiles_since(mark)
         start = time.perf_counter()
-        ev.run(first, params, 0, progress_every=0)
+        sweep.run(first, progress_every=0)
         seconds = time.perf_counter() - start
         rows.append(
             {
@@ -450,7 +448,7 @@ def scaling_transforms(
                 "rate": w.batch_size * len(params) / seconds,
                 "compiles": compiles,
                 "compile_s": compile_s,
-                **_memory(ev.compiled(image_shape, params)),
+                **_memory(sweep.compiled(image_shape)),
             }
         )
     for row in rows:  # seconds per transform relative to the x1 sweep
@@ -678,7 +676,7 @@ def measure(name: str) -> dict[str, Any]:
         if k != "evaluator"
     }
     out["memory"] = {
-        "evaluator": _memory(ev.compiled(image_shape, w.protocol.params)),
+        "evaluator": _memory(ev.compiled(image_shape)),
         "bare_forward": bare_memory,
         "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10,
     }
@@ -692,7 +690,7 @@ def measure(name: str) -> dict[str, Any]:
             name, [int(n) for n in FLAGS.device_counts], _device_row(out)
         )
     if FLAGS.profile:
-        out["profile"] = profile_ops(ev_run, ev.compiled(image_shape, w.protocol.params).as_text())
+        out["profile"] = profile_ops(ev_run, ev.compiled(image_shape).as_text())
     return out
 
 
@@ -806,9 +804,7 @@ def print_tables(record: dict[str, Any]) -> None:
             print(report.markdown_table(p["by_category"], ["category", "ms", "share"], 3))
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise sb_flags.FlagError(f"unexpected arguments {argv[1:]}.")
+def main() -> None:
     for flag, values, allowed in (
         ("protocols", FLAGS.protocols, SETUPS),
         ("variants", FLAGS.variants, VARIANTS),
@@ -833,7 +829,7 @@ def main(argv: list[str]) -> None:
         values = getattr(FLAGS, flag)
         if not all(v.isdigit() and int(v) > 0 for v in values):
             raise sb_flags.FlagError(f"--{flag}={','.join(values)}: positive integers expected.")
-    cluster.initialize_from_flags()
+    sb_flags.join_cluster()
     if FLAGS.torch_passive_wait:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP
     jax.monitoring.register_event_duration_secs_listener(_listen)

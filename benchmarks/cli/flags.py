@@ -1,250 +1,194 @@
-"""absl flags shared by the entry points, and the checks that turn bad values into one line.
+"""absl flags derived from the library's configs, and the one-line error policy of the CLI.
 
-Flags with a fixed set of values are enums and bounded integers, so absl itself rejects bad
-values with a message naming the flag. Checks that need more context (the device count, a
-dataset on disk) raise `FlagError`, which `run_main` prints as one line before exiting 2.
+Each option is declared once, as a field of a library config (`ProtocolConfig`, `EvalConfig`,
+`DataConfig`, `ModelConfig`, `ClusterConfig`; `benchmarks.core.options`): its flag, default,
+help text and bounds come from that declaration (`define_config_flags`), and the values go
+back into the config (`config_from_flags`). The library speaks Python: its errors name its
+arguments as `name=value` or `name` in backticks. Only this layer turns those names into
+`--flags` (`flag_message`) and prints the error as one line (`run_main`, exit 2).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
 import sys
-from collections.abc import Callable
+import tempfile
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
 
+import jax
 from absl import app, flags
 from absl import logging as absl_logging
 
-from benchmarks.core import evaluator, protocols
+from benchmarks.core import evaluator, options, protocols, run_identity
+from benchmarks.data import datasets
+from benchmarks.inference import classifiers
+from benchmarks.runtime import cluster
 from benchmarks.runtime.xla_defaults import configure_xla_cpu
-from models.layers.subsampling import PADDING_MODES, STRIDE_MODES
+from benchmarks.training import train
 
 FLAGS = flags.FLAGS
 
 
 class FlagError(ValueError):
-    """A flag value that cannot be used; the message starts with the flag."""
+    """A flag value that cannot be used; the message names the flag."""
+
+
+def flag_message(message: str) -> str:
+    """`message` with every argument name of ours that is also a defined flag written as a
+    flag: 'max_shift=8' -> '--max_shift=8', '`crop_size`' -> '--crop_size'."""
+    names = set(flag_values())
+
+    def as_flag(match: re.Match) -> str:
+        name = match.group("name")
+        return f"--{name}{match.group('eq') or ''}" if name in names else match.group(0)
+
+    message = re.sub(r"(?<![\w-])(?P<name>[a-z_][a-z0-9_]*)(?P<eq>=)", as_flag, message)
+    return re.sub(r"`(?P<name>[a-z_][a-z0-9_]*)`(?P<eq>)", as_flag, message)
+
+
+# --- flags from the configs ------------------------------------------------------------------
+
+
+def _kind(annotation: Any) -> type:
+    """int, float, str or bool from a field's annotation (`int | None` -> int)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def define_config_flags(config_type: type, defaults: Mapping[str, Any] | None = None) -> None:
+    """Defines one flag per `option` field of `config_type` (the same name, default, help and
+    bounds; str fields with choices as enums). A name already defined by another config of
+    this entry point (e.g. `seed`) is shared, not defined twice.
+
+    Args:
+      config_type: a dataclass whose fields are declared with `benchmarks.core.options.option`.
+      defaults: this entry point's own defaults, by field name.
+    """
+    hints = typing.get_type_hints(config_type)
+    for field in options.declared(config_type):
+        if field.name in FLAGS:
+            continue
+        meta, kind = field.metadata, _kind(hints[field.name])
+        default = (defaults or {}).get(field.name, field.default)
+        bounds = {"lower_bound": meta["lower"], "upper_bound": meta["upper"]}
+        if meta["choices"]:
+            flags.DEFINE_enum(field.name, default, list(meta["choices"]), meta["help"])
+        elif kind is bool:
+            flags.DEFINE_bool(field.name, default, meta["help"])
+        elif kind is int:
+            flags.DEFINE_integer(field.name, default, meta["help"], **bounds)
+        elif kind is float:
+            flags.DEFINE_float(field.name, default, meta["help"], **bounds)
+        else:
+            flags.DEFINE_string(field.name, default, meta["help"])
+
+
+def config_from_flags(config_type: type, **overrides: Any) -> Any:
+    """An instance of `config_type` from the flags of its fields (and `overrides`).
+
+    Raises:
+      FlagError: the config refuses the values (the message names the flags).
+    """
+    names = {f.name for f in dataclasses.fields(config_type)}
+    values = {n: FLAGS[n].value for n in names if n in FLAGS and n not in overrides}
+    try:
+        return config_type(**values, **overrides)
+    except ValueError as e:
+        raise FlagError(flag_message(str(e))) from None
 
 
 def define_data_flags(default_dataset: str = "digits", default_split: str = "test") -> None:
-    """--dataset, --data_dir, --split, --num_images, --image_size, --batch_size."""
-    flags.DEFINE_string(
-        "dataset",
-        default_dataset,
-        "'digits' (embedded, no download) or a TFDS image-classification dataset.",
-    )
-    flags.DEFINE_string("data_dir", None, "TFDS data directory (default ~/tensorflow_datasets).")
-    flags.DEFINE_string("split", default_split, "Split, with TFDS slicing (e.g. 'test[80%:]').")
-    flags.DEFINE_integer(
-        "num_images", None, "Evaluate the first N images (default: all).", lower_bound=1
-    )
-    flags.DEFINE_integer(
-        "image_size",
-        None,
-        "Resize the shorter side and centre-crop to this "
-        "size before transforming (needed for variable-size datasets).",
-        lower_bound=8,
-    )
-    flags.DEFINE_integer(
-        "batch_size", 64, "Global batch size (divisible by the device count).", lower_bound=1
-    )
+    """--dataset, --data_dir, --split, --num_images, --image_size (`DataConfig`)."""
+    defaults = {"dataset": default_dataset, "split": default_split}
+    define_config_flags(datasets.DataConfig, defaults)
 
 
 def define_protocol_flags() -> None:
-    """--transform and the sweep flags of `benchmarks.core.protocols`."""
-    flags.DEFINE_enum(
-        "transform",
-        "crop",
-        list(protocols.PROTOCOLS),
-        "Transformation protocol (see benchmarks/core/protocols.py).",
-    )
-    flags.DEFINE_enum(
-        "sweep",
-        None,
-        list(protocols.SWEEPS),
-        "Shape of the shift sweep (default diagonal); shift protocols only (not rescale/rotate).",
-    )
-    flags.DEFINE_integer(
-        "max_shift", 4, "Largest shift in pixels (or in --shift_step units).", lower_bound=0
-    )
-    flags.DEFINE_integer("min_shift", None, "Smallest shift (default -max_shift; crop: 0).")
-    flags.DEFINE_float(
-        "shift_step", 1.0, "subpixel: pixels per shift unit (e.g. 0.5).", lower_bound=1e-3
-    )
-    flags.DEFINE_integer("num_random", 16, "Draws of the 'random' sweep.", lower_bound=2)
-    flags.DEFINE_integer(
-        "crop_size",
-        None,
-        "crop: window size (default: padded image - shift range).",
-        lower_bound=1,
-    )
-    flags.DEFINE_integer(
-        "crop_padding",
-        0,
-        "crop: zero padding added on every side before cropping (CIFAR: 4); with padding "
-        "--min_shift defaults to -max_shift.",
-        lower_bound=0,
-    )
-    flags.DEFINE_integer(
-        "embed_size",
-        None,
-        "embed/inpaint: size the image is downscaled to (default: half the canvas).",
-        lower_bound=1,
-    )
-    flags.DEFINE_integer(
-        "canvas_size",
-        None,
-        "embed/inpaint: canvas size (default: the image size).",
-        lower_bound=1,
-    )
-    flags.DEFINE_enum(
-        "fill",
-        "zero",
-        list(protocols.FILLS),
-        "Background: embed takes every value; translate, subpixel, rescale and rotate take "
-        "zero or constant.",
-    )
-    flags.DEFINE_float("fill_value", 0.0, "Value of --fill=constant, in [0, 1].")
-    flags.DEFINE_enum(
-        "subpixel_method",
-        "fourier",
-        list(protocols.SUBPIXEL_METHODS),
-        "Interpolation of sub-pixel shifts.",
-    )
-    flags.DEFINE_float("scale_min", 0.9, "rescale: smallest scale.", lower_bound=1e-3)
-    flags.DEFINE_float("scale_max", 1.1, "rescale: largest scale.", lower_bound=1e-3)
-    flags.DEFINE_integer("num_scales", 11, "rescale: number of scales.", lower_bound=2)
-    flags.DEFINE_float(
-        "angle_max",
-        15.0,
-        "rotate: largest angle in degrees (sweep is -angle_max..angle_max).",
-        lower_bound=0.0,
-    )
-    flags.DEFINE_float("angle_step", 1.0, "rotate: step in degrees.", lower_bound=1e-3)
+    """--transform and the sweep flags (`ProtocolConfig`)."""
+    define_config_flags(protocols.ProtocolConfig)
 
 
 def define_eval_flags(default_output_dir: str = "runs/invariance") -> None:
-    """--seed, --chunk_size, --images_per_call, --num_pairs, --worst_of_k, --flip_distance,
-    --fast, --output_dir."""
-    flags.DEFINE_integer("seed", 0, "Seed of per-image random draws and of training.")
-    flags.DEFINE_integer(
-        "chunk_size",
-        None,
-        "Sweep parameters per model call (default: from --memory_budget_mb).",
-        lower_bound=1,
-    )
-    flags.DEFINE_integer(
-        "images_per_call",
-        None,
-        "Images per model call (default: from --memory_budget_mb, or the whole batch with "
-        "--chunk_size); divides --batch_size.",
-        lower_bound=1,
-    )
-    flags.DEFINE_integer(
-        "memory_budget_mb",
-        evaluator.DEFAULT_MEMORY_BUDGET_MB,
-        "Activation memory of one model call per device (MiB), for the call sizes not given.",
-        lower_bound=1,
-    )
-    flags.DEFINE_integer(
-        "num_pairs",
-        4,
-        "Random pairs of sweep entries per image for consistency, and random entries per "
-        "image for consistency_vs_reference.",
-        lower_bound=1,
-    )
-    flags.DEFINE_integer(
-        "worst_of_k", 10, "Random sweep entries per image for worst-of-k accuracy.", lower_bound=1
-    )
-    flags.DEFINE_integer(
-        "flip_distance",
-        1,
-        "d of the ImageNet-P flip probability and top-5 distance (pairs d steps apart).",
-        lower_bound=1,
-    )
+    """The `EvalConfig` flags (--batch_size, --chunk_size, ...), --fast and --output_dir."""
+    define_config_flags(evaluator.EvalConfig)
     flags.DEFINE_bool(
         "fast",
         True,
-        "Evaluate with the inference rewrites of benchmarks.inference.fastpath (BatchNorm folded; convs "
-        "with their ReLU on the direct CPU kernel of benchmarks.kernels.cpu_conv, else 1x1 convs as "
-        "dots; on layers of models.layers.subsampling.Conv: not EfficientNet-Lite's): the same "
-        "logits up to float rounding, faster.",
+        "Evaluate with the inference rewrites of benchmarks.inference.fastpath (BatchNorm "
+        "folded; convs with their ReLU on the direct CPU kernel of benchmarks.kernels, else 1x1 "
+        "convs as dots; on layers of models.layers.subsampling.Conv: not EfficientNet-Lite's): "
+        "the same logits up to float rounding, faster.",
     )
     flags.DEFINE_string("output_dir", default_output_dir, "Where results are written.")
 
 
 def define_model_flags(default_model: str = "resnet20") -> None:
-    """--model and the subsampling switch, --checkpoint, --weights."""
-    from models import registry
+    """--model, the subsampling switch, --checkpoint and --weights (`ModelConfig`)."""
+    define_config_flags(classifiers.ModelConfig, {"model": default_model})
 
-    flags.DEFINE_enum("model", default_model, sorted(registry.MODELS), "Model name.")
-    flags.DEFINE_enum(
-        "stride_mode",
-        None,
-        list(STRIDE_MODES),
-        "Subsampling: subsample | blur | aps | full (default: the model's).",
-    )
-    flags.DEFINE_integer(
-        "blur_size", None, "BlurPool filter size 1..7.", lower_bound=1, upper_bound=7
-    )
-    flags.DEFINE_integer(
-        "full_stages", None, "Remove subsampling from the last k stages.", lower_bound=0
-    )
-    flags.DEFINE_enum("padding", None, list(PADDING_MODES), "Conv padding: zero | circular.")
-    flags.DEFINE_integer(
-        "width", None, "Width of the small nets (default: the model's).", lower_bound=1
-    )
-    flags.DEFINE_string(
-        "checkpoint", None, "Training directory (benchmarks.training.train) to load."
-    )
-    flags.DEFINE_string(
-        "weights",
-        None,
-        "Pretrained weights: Keras HDF5 ('imagenet' or a path) for vgg16/resnet50/"
-        "inception_resnet_v2; a torch.save file (path or package alias) for resnet20..56 and "
-        "efficientnet_lite0..2.",
-    )
+
+def define_cluster_flags() -> None:
+    """--multihost, --coordinator_address, ... (`ClusterConfig`)."""
+    define_config_flags(cluster.ClusterConfig)
+
+
+def join_cluster() -> None:
+    """Joins the cluster the cluster flags describe (nothing without --multihost).
+
+    Raises:
+      FlagError: flags that describe no cluster, or a cluster that cannot be joined.
+    """
+    config = config_from_flags(cluster.ClusterConfig)
+    try:
+        cluster.initialize(config)
+    except ValueError as e:
+        raise FlagError(flag_message(str(e))) from None
 
 
 def switch_from_flags() -> dict:
     """The subsampling switch and width flags as model fields (None = the model's default)."""
-    return {
-        "stride_mode": FLAGS.stride_mode,
-        "blur_size": FLAGS.blur_size,
-        "full_stages": FLAGS.full_stages,
-        "padding": FLAGS.padding,
-        "width": FLAGS.width,
-    }
+    return config_from_flags(classifiers.ModelConfig).switch()
 
 
 def classifier_from_flags(num_classes: int, input_shape: tuple[int, int, int]):
-    """The `benchmarks.inference.classifiers.Classifier` that --model, the switch and weights name."""
-    from benchmarks.inference import classifiers
-
+    """The `benchmarks.inference.classifiers.Classifier` that --model, the switch and weights
+    name."""
+    config = config_from_flags(classifiers.ModelConfig)
     try:
-        return classifiers.load(
-            FLAGS.model,
-            num_classes,
-            input_shape,
-            checkpoint=FLAGS.checkpoint,
-            weights=FLAGS.weights,
-            seed=FLAGS.seed,
-            **switch_from_flags(),
-        )
+        return classifiers.load_config(config, num_classes, input_shape, seed=FLAGS.seed)
     except (ValueError, FileNotFoundError) as e:
-        if FLAGS.checkpoint:
-            where = f"--checkpoint={FLAGS.checkpoint}"
-        elif FLAGS.weights:
-            where = f"--weights={FLAGS.weights}"
+        if config.checkpoint:
+            where = f"--checkpoint={config.checkpoint}"
+        elif config.weights:
+            where = f"--weights={config.weights}"
         else:
-            where = f"--model={FLAGS.model}"
-        raise FlagError(f"{where}: {e}") from None
+            where = f"--model={config.model}"
+        raise FlagError(f"{where}: {flag_message(str(e))}") from None
+
+
+def eval_config_from_flags() -> evaluator.EvalConfig:
+    """The `EvalConfig` of --batch_size, --chunk_size, --flip_distance, --num_pairs, ..."""
+    return config_from_flags(evaluator.EvalConfig)
+
+
+def protocol_from_flags(image_shape: tuple[int, ...]) -> protocols.Protocol:
+    """The protocol --transform and its flags name, for images of `image_shape` [H, W, C]."""
+    config = config_from_flags(protocols.ProtocolConfig)
+    try:
+        return protocols.from_config(config, image_shape)
+    except protocols.ProtocolError as e:
+        raise FlagError(flag_message(str(e))) from None
 
 
 def train_in_output_dir(model, images, labels, config, workdir: str, identity: dict):
-    """`benchmarks.training.train.train` into `workdir` (under --output_dir) with the run `identity`,
-    its batches split over every device of every process (`evaluator.default_mesh`); a
-    checkpoint there of another run is refused as one FlagError line naming what differs.
+    """`benchmarks.training.train.train` into `workdir` (under --output_dir) with the run
+    `identity`, its batches split over every device of every process; a checkpoint there of
+    another run is refused as one FlagError line naming what differs.
 
     Returns:
       The `TrainResult`.
@@ -252,13 +196,6 @@ def train_in_output_dir(model, images, labels, config, workdir: str, identity: d
     Raises:
       FlagError: --train_batch_size does not split over the devices, or the identity differs.
     """
-    import os
-
-    import jax
-
-    from benchmarks.core import evaluator, run_identity
-    from benchmarks.training import train
-
     if config.batch_size % jax.device_count():
         raise FlagError(
             f"--train_batch_size={config.batch_size} is not divisible by the number of devices "
@@ -281,8 +218,6 @@ def train_in_output_dir(model, images, labels, config, workdir: str, identity: d
 def check_batch_size(batch_size: int) -> None:
     """--batch_size must split evenly over the devices (and hosts), and --images_per_call (when
     defined and set) must divide it and be a multiple of the device count."""
-    import jax
-
     n = jax.device_count()
     if batch_size % n:
         raise FlagError(
@@ -308,45 +243,22 @@ def flag_values() -> dict:
     return {f.name: f.value for f in sorted(ours, key=lambda f: f.name)}
 
 
-def eval_config_from_flags():
-    """The `benchmarks.core.evaluator.EvalConfig` of --chunk_size, --flip_distance, --num_pairs, ..."""
-    from benchmarks.core import evaluator
+def check_output_dir(path: str, flag: str = "output_dir") -> None:
+    """Creates the local directory `path` and checks that a file can be written there, before
+    any compute (a gs:// or other remote path is left to the first write).
 
-    return evaluator.EvalConfig(
-        chunk_size=FLAGS.chunk_size,
-        images_per_call=FLAGS.images_per_call,
-        memory_budget_mb=FLAGS.memory_budget_mb,
-        flip_distance=FLAGS.flip_distance,
-        num_pairs=FLAGS.num_pairs,
-        worst_of_k=FLAGS.worst_of_k,
-        seed=FLAGS.seed,
-    )
-
-
-def protocol_from_flags(image_shape: tuple[int, ...]) -> protocols.Protocol:
-    """Builds the protocol named by --transform for images of `image_shape` [H, W, C]."""
-    return protocols.build(
-        FLAGS.transform,
-        image_shape,
-        sweep=FLAGS.sweep,
-        max_shift=FLAGS.max_shift,
-        min_shift=FLAGS.min_shift,
-        shift_step=FLAGS.shift_step,
-        num_random=FLAGS.num_random,
-        seed=FLAGS.seed,
-        crop_size=FLAGS.crop_size,
-        crop_padding=FLAGS.crop_padding,
-        embed_size=FLAGS.embed_size,
-        canvas_size=FLAGS.canvas_size,
-        fill=FLAGS.fill,
-        fill_value=FLAGS.fill_value,
-        subpixel_method=FLAGS.subpixel_method,
-        scale_min=FLAGS.scale_min,
-        scale_max=FLAGS.scale_max,
-        num_scales=FLAGS.num_scales,
-        angle_max=FLAGS.angle_max,
-        angle_step=FLAGS.angle_step,
-    )
+    Raises:
+      FlagError: it cannot be created or written (one line naming the flag).
+    """
+    if "://" in path:
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise FlagError(f"--{flag}={path}: cannot be created or written ({reason}).") from None
 
 
 def _not_library_chatter(record: logging.LogRecord) -> bool:
@@ -354,23 +266,27 @@ def _not_library_chatter(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
-def run_main(main: Callable[[list[str]], None]) -> None:
-    """`app.run(main)`, printing a FlagError / DataError / ProtocolError as one line, exit 2.
+def run_main(main: Callable[[], None]) -> None:
+    """Runs an entry point's `main()` under absl, with the CLI's error policy.
 
     Starts XLA with the package's CPU settings (`configure_xla_cpu`, before any JAX
-    computation). orbax's INFO logs are dropped (its warnings and errors stay), so that
-    progress shows.
+    computation); refuses positional arguments; checks --output_dir (when the entry point has
+    one) before any compute; prints a FlagError, DataError or ProtocolError as one line
+    naming the flag, exit 2. orbax's INFO logs are dropped (its warnings and errors stay), so
+    that progress shows.
     """
     configure_xla_cpu()
-    from benchmarks.data.datasets import DataError
-
     absl_logging.get_absl_handler().addFilter(_not_library_chatter)
 
-    def guarded(argv):
+    def guarded(argv: list[str]) -> None:
         try:
-            main(argv)
-        except (FlagError, DataError, protocols.ProtocolError) as e:
-            print(f"error: {e}", file=sys.stderr)
+            if len(argv) > 1:
+                raise FlagError(f"unexpected arguments {argv[1:]}.")
+            if "output_dir" in FLAGS:
+                check_output_dir(FLAGS.output_dir)
+            main()
+        except (FlagError, datasets.DataError, protocols.ProtocolError) as e:
+            print(f"error: {flag_message(str(e))}", file=sys.stderr)
             sys.exit(2)
 
     app.run(guarded)

@@ -1,27 +1,21 @@
-"""The evaluator: any classifier, any batch iterator, one transformation sweep.
+"""The evaluator: any classifier, any batch iterator, one protocol.
 
-For each batch, one jitted call transforms every image by every parameter of the sweep
-(vmap over images and over a chunk of parameters, `lax.map` over chunks and over groups of
-`images_per_call` images, so memory is bounded by both), runs the classifier, and reduces the
-probabilities `[T, N, K]` to per-image metrics (`PER_IMAGE_METRICS`, definitions in
-README.md ("Definitions")), then to masked sums over the batch. The host only adds up small sums, so the
-same code runs on one CPU, one GPU, a TPU slice (batch axis sharded over a `Mesh` of all
-devices) and a multi-host pod (each host feeds its slice of every global batch).
+    result = Evaluator(apply_fn, protocol, EvalConfig(batch_size=64), variables=v).run(batches)
 
-The jitted function takes the sweep parameters, its pairs, the batch and the model variables
-as arguments: a new batch, a new sweep of the same shape, or new weights never recompile.
-
-A run with a `state_path` saves its running sums (npz, with the run's identity) every
-`save_every` batches; a later run of the same identity resumes after the last saved batch, a
-run of another identity starts afresh and says what differs.
+The protocol (`benchmarks.core.protocols`) carries the transform, its sweep, the reference
+entry and the pairs; the evaluator runs one jitted call per batch (`sweep_step.BatchStep`,
+shared by every evaluator of the same classifier and transform, so repeated evaluations
+compile once) and adds up small sums on the host. The same code runs on one CPU, one GPU, a
+TPU slice (batch axis sharded over a `Mesh` of all devices) and a multi-host pod (each host
+feeds its slice of every global batch). A run with a `state_path` saves its running sums
+(`eval_state`) and resumes after the last saved batch when the run identity is the same.
+Definitions of every metric: docs/definitions.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import itertools
-import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -33,21 +27,41 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from benchmarks.core import metrics, run_identity
-from benchmarks.results import report
+from benchmarks.core import eval_state, options, run_identity
+from benchmarks.core.options import option
+from benchmarks.core.protocols import Protocol
+from benchmarks.core.sweep_step import (
+    IMAGE_METRICS,
+    PER_IMAGE_METRICS,
+    StepSettings,
+    batch_step,
+    call_sizes_for_budget,
+)
 
-Array = jax.Array
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET_MB",
+    "IMAGE_METRICS",
+    "PER_IMAGE_METRICS",
+    "EvalConfig",
+    "EvalResult",
+    "Evaluator",
+    "call_sizes_for_budget",
+    "default_mesh",
+    "evaluate",
+]
+
 BATCH_AXIS = "batch"
 DEFAULT_MEMORY_BUDGET_MB = 8  # activations that stay in this CPU's caches (WORKSPACE_NOTES.md)
-MIN_IMAGES_PER_CALL = 4  # per device, where the batch has them (`call_sizes_for_budget`)
+Batches = Iterable[tuple[np.ndarray, np.ndarray]]
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """Static settings of one evaluation.
+    """Static settings of one evaluation (each declared once: `benchmarks.core.options`).
 
     Attributes:
-      chunk_size: sweep parameters per model call; None: chosen with `images_per_call` from
+      batch_size: global images per batch, a multiple of the number of devices.
+      chunk_size: sweep entries per model call; None: chosen with `images_per_call` from
         `memory_budget_mb` (`call_sizes_for_budget`).
       images_per_call: images per model call; a divisor of the batch size and a multiple of
         the number of devices. None: the whole batch when `chunk_size` is given, else chosen
@@ -64,22 +78,38 @@ class EvalConfig:
       seed: seed of the per-image draws.
     """
 
-    chunk_size: int | None = None
-    images_per_call: int | None = None
-    memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB
-    flip_distance: int = 1
-    num_pairs: int = 4
-    worst_of_k: int = 10
-    num_curves: int = 8
-    seed: int = 0
+    batch_size: int = option(64, "Global batch size (divisible by the number of devices).", lower=1)
+    chunk_size: int | None = option(
+        None, "Sweep entries per model call (default: from memory_budget_mb).", lower=1
+    )
+    images_per_call: int | None = option(
+        None,
+        "Images per model call (default: from memory_budget_mb, or the whole batch with "
+        "chunk_size); divides batch_size.",
+        lower=1,
+    )
+    memory_budget_mb: int = option(
+        DEFAULT_MEMORY_BUDGET_MB,
+        "Activation memory of one model call per device (MiB), for the call sizes not given.",
+        lower=1,
+    )
+    flip_distance: int = option(
+        1,
+        "d of the ImageNet-P flip probability and top-5 distance (pairs d steps apart).",
+        lower=1,
+    )
+    num_pairs: int = option(
+        4,
+        "Random pairs of sweep entries per image for consistency, and random entries per "
+        "image for consistency_vs_reference.",
+        lower=1,
+    )
+    worst_of_k: int = option(10, "Random sweep entries per image for worst-of-k accuracy.", lower=1)
+    num_curves: int = dataclasses.field(default=8)
+    seed: int = option(0, "Seed of per-image random draws (and of training and init).")
 
     def __post_init__(self):
-        for name in ("flip_distance", "num_pairs", "worst_of_k", "memory_budget_mb"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
-        for name in ("chunk_size", "images_per_call"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1 (or None).")
+        options.check(self)
         if self.num_curves < 0:
             raise ValueError(f"num_curves={self.num_curves} must be >= 0.")
 
@@ -122,334 +152,132 @@ class EvalResult:
     wall_time_s: float
 
 
-@dataclasses.dataclass(frozen=True)
-class SweepOutputs:
-    """What every per-image metric of one batch sees (inside the jitted batch function).
-
-    Attributes:
-      probs: [T, B, K] class probabilities.
-      labels: [B] int32 true labels.
-      reference_index: traced int32 scalar, the untransformed entry.
-      pairs: [E, 2] sweep-index pairs one step apart.
-      flip_pairs: [F, 2] pairs `flip_distance` steps apart.
-      consistency_pairs: [B, num_pairs, 2] per-image seeded pairs of sweep entries.
-      reference_draws: [B, num_pairs] per-image seeded sweep entries.
-      worst_draws: [B, worst_of_k] per-image seeded sweep entries.
-    """
-
-    probs: Array
-    labels: Array
-    reference_index: Array
-    pairs: Array
-    flip_pairs: Array
-    consistency_pairs: Array
-    reference_draws: Array
-    worst_draws: Array
-
-    @property
-    def reference_top1(self) -> Array:
-        """[B] the top-1 class at the reference entry."""
-        return jnp.argmax(self.probs[self.reference_index], axis=-1)
-
-    @property
-    def correct(self) -> Array:
-        """[T, B] bool, top-1 == label."""
-        return metrics.correct(self.probs, self.labels)
-
-
-def _vs_reference(s: SweepOutputs) -> Array:
-    ref = jnp.full_like(s.reference_draws, s.reference_index)
-    return metrics.consistency(s.probs, jnp.stack([s.reference_draws, ref], axis=-1))
-
-
-# name -> (the pairs it needs, or None; per-image value [B]). Definitions: README.md ("Definitions").
-PER_IMAGE_METRICS: dict[str, tuple[str | None, Callable[[SweepOutputs], Array]]] = {
-    "p_top1_change": ("pairs", lambda s: metrics.top1_change(s.probs, pairs=s.pairs)),
-    "mac": (
-        "pairs",
-        lambda s: metrics.mean_absolute_change(s.probs, labels=s.reference_top1, pairs=s.pairs),
-    ),
-    "mac_label": (
-        "pairs",
-        lambda s: metrics.mean_absolute_change(s.probs, labels=s.labels, pairs=s.pairs),
-    ),
-    "flip_probability": ("flip_pairs", lambda s: metrics.top1_change(s.probs, pairs=s.flip_pairs)),
-    "top5_distance": ("flip_pairs", lambda s: metrics.top5_distance(s.probs, pairs=s.flip_pairs)),
-    "consistency": (None, lambda s: metrics.consistency(s.probs, s.consistency_pairs)),
-    "consistency_vs_reference": (None, _vs_reference),
-    "accuracy": (None, lambda s: jnp.mean(s.correct.astype(jnp.float32), axis=0)),
-    "accuracy_reference": (None, lambda s: s.correct[s.reference_index].astype(jnp.float32)),
-    "worst_case_accuracy": (None, lambda s: metrics.worst_case_correct(s.probs, s.labels)),
-    "worst_of_k_accuracy": (
-        None,
-        lambda s: metrics.worst_of_k_correct(s.probs, s.labels, s.worst_draws),
-    ),
-}
-IMAGE_METRICS = tuple(PER_IMAGE_METRICS)
-
-
-def call_sizes_for_budget(
-    bytes_per_image: float, batch_size: int, num_devices: int, num_params: int, budget_bytes: int
-) -> tuple[int, int]:
-    """The `EvalConfig` (chunk_size, images_per_call) whose model calls fit `budget_bytes`.
-
-    Args:
-      bytes_per_image: the model's temporary bytes per image (e.g. XLA's
-        `memory_analysis().temp_size_in_bytes` of a forward pass / its batch size).
-      batch_size: global images per batch (a multiple of `num_devices`).
-      num_devices: devices the batch is sharded over.
-      num_params: sweep length T.
-      budget_bytes: activation bytes one call may use on one device.
-
-    Returns:
-      If one parameter of the whole batch fits: (the largest chunk in [1, T] with
-      chunk * batch_size / num_devices * bytes_per_image <= budget_bytes, batch_size).
-      Otherwise (1, the largest images_per_call that divides batch_size, is a multiple of
-      num_devices and fits, where at least min(MIN_IMAGES_PER_CALL, batch_size /
-      num_devices) images per device count as fitting; num_devices if none does).
-    """
-    per_device = batch_size // num_devices
-    if bytes_per_image <= 0:  # a model without temporaries: everything fits
-        return num_params, batch_size
-    # Images per device one call may hold; at least MIN_IMAGES_PER_CALL (a call of one big
-    # image leaves threads idle: ResNet-50 at 1 image per call ran at 0.8x of 4).
-    fits = max(int(budget_bytes // bytes_per_image), min(MIN_IMAGES_PER_CALL, per_device))
-    if fits >= per_device:
-        return int(min(fits // per_device, num_params)), batch_size
-    divisors = [k for k in range(1, per_device + 1) if per_device % k == 0 and k <= fits]
-    return 1, num_devices * max(divisors, default=1)
-
-
 def default_mesh() -> Mesh:
     """A 1-D mesh over every device of every host, axis name 'batch'."""
     return Mesh(np.asarray(jax.devices()), (BATCH_AXIS,))
 
 
 class Evaluator:
-    """Evaluates a classifier under a transformation sweep, one jitted call per batch.
+    """Evaluates a classifier under one protocol, one jitted call per batch.
 
     Args:
-      apply_fn: `apply_fn(images [n, h, w, C]) -> logits [n, K]`, or, when `variables` is given,
-        `apply_fn(variables, images)` (pass big weights as `variables` so they are jit arguments,
-        not constants folded into the compiled program).
-      transform: `transform(image [H, W, C], param [P]) -> image [h, w, C]` for one image.
-      batch_size: global batch size (images per call, divisible by the number of devices).
-      config: `EvalConfig`.
-      variables: optional pytree passed to `apply_fn` (host values: every process of a
+      apply_fn: `apply_fn(variables, images [n, h, w, C]) -> logits [n, K]` when `variables`
+        is given, else `apply_fn(images) -> logits`. Pass big weights as `variables`, so that
+        they are jit arguments, not constants folded into the compiled program.
+      protocol: a `benchmarks.core.protocols.Protocol` (its transform, sweep, reference
+        entry and pairs).
+      config: `EvalConfig` (batch size, call sizes, metric settings).
+      variables: optional pytree handed to `apply_fn` (host values: every process of a
         multi-host run passes the same ones).
       mesh: device mesh with a 'batch' axis (default: all devices).
+      shift_period: the model's circular shift period (`classifiers.shift_period`): circular
+        shifts of the same phase then share one evaluation (`Protocol.distinct_entries`;
+        exact only when the model's logits are equal for them).
+
+    Raises:
+      ValueError: a batch size that does not split over the devices, an images_per_call
+        that does not divide it, a sweep with fewer than 2 entries, or a flip distance
+        longer than the sweep.
     """
 
     def __init__(
         self,
         apply_fn: Callable[..., Any],
-        transform: Callable[[Array, Array], Array],
-        batch_size: int,
+        protocol: Protocol,
         config: EvalConfig = EvalConfig(),
+        *,
         variables: Any = None,
         mesh: Mesh | None = None,
+        shift_period: int | None = None,
     ):
         self.mesh = mesh or default_mesh()
         ndev = self.mesh.devices.size
-        if batch_size < 1 or batch_size % ndev:
+        n, m = config.batch_size, config.images_per_call
+        if n % ndev:
             raise ValueError(
-                f"batch_size={batch_size} must be a positive multiple of the number of "
-                f"devices ({ndev})."
+                f"batch_size={n} must be a multiple of the number of devices ({ndev})."
             )
-        m = config.images_per_call
-        if m is not None and (batch_size % m or m % ndev):
+        if m is not None and (n % m or m % ndev):
             raise ValueError(
-                f"images_per_call={m} must divide batch_size={batch_size} and be a multiple "
-                f"of the number of devices ({ndev})."
+                f"images_per_call={m} must divide batch_size={n} and be a multiple of the "
+                f"number of devices ({ndev})."
             )
-        self.batch_size = batch_size
+        if len(protocol.params) < 2:
+            raise ValueError(f"protocol {protocol.name!r} has {len(protocol.params)} sweep entry.")
+        self.protocol = protocol
         self.config = config
-        self.compile_count = 0
-        self._apply = (lambda v, x: apply_fn(x)) if variables is None else apply_fn
+        self.batch_size = n
+        self.params, self.sweep_index = protocol.distinct_entries(shift_period)
+        self.params = np.asarray(self.params, np.float32)
+        self.pairs = protocol.pairs(1)
+        self.flip_pairs = protocol.flip_pairs(config.flip_distance)
         # Host values, then replicated: restored (committed, single-device) arrays would
         # otherwise be a cross-host transfer on a multi-process mesh.
         self._variables = jax.device_put(jax.device_get(variables), NamedSharding(self.mesh, P()))
-        self._transform = transform
         self._data_sharding = NamedSharding(self.mesh, P(BATCH_AXIS))
-        self._sizes: dict[tuple, tuple[int, int]] = {}
-        self._weights_digest: str | None = None
-        # Inputs arrive already placed (variables replicated, batch sharded over 'batch');
-        # outputs are small sums, replicated so that every host can read them.
-        self._step = jax.jit(
-            self._batch_sums,
-            out_shardings=NamedSharding(self.mesh, P()),
-            static_argnames=("num_params", "chunk_size", "images_per_call"),
+        settings = StepSettings(config.seed, config.num_pairs, config.worst_of_k, config.num_curves)
+        self._step = batch_step(
+            apply_fn, variables is not None, protocol.transform, self.mesh, settings
         )
+        self._weights_digest: str | None = None
+
+    @property
+    def compile_count(self) -> int:
+        """How many times the shared batch function was traced (1 after any evaluation of
+        one input shape, however many sweeps, batches and evaluators)."""
+        return self._step.trace_count
 
     # --- call sizes -----------------------------------------------------------------------------
 
-    def call_sizes(
-        self, image_shape: tuple[int, ...], num_params: int, param_size: int = 2
-    ) -> tuple[int, int]:
-        """(chunk_size, images_per_call) for images [H, W, C] under a sweep [num_params,
-        param_size].
+    def call_sizes(self, image_shape: tuple[int, ...]) -> tuple[int, int]:
+        """(chunk_size, images_per_call) of the model calls for images [H, W, C].
 
         Sizes the config leaves as None come from its memory budget and the temporary bytes
         per image of one forward pass (XLA's memory analysis of the compiled forward).
         """
-        cfg = self.config
+        cfg, u = self.config, len(self.params)
         if cfg.chunk_size is not None:
-            return min(cfg.chunk_size, num_params), cfg.images_per_call or self.batch_size
-        key = (tuple(image_shape), num_params, param_size)
-        if key not in self._sizes:
-            ndev = self.mesh.devices.size
-            chunk, per_call = call_sizes_for_budget(
-                self._bytes_per_image(image_shape, param_size),
-                self.batch_size,
-                ndev,
-                num_params,
-                cfg.memory_budget_mb << 20,
-            )
-            self._sizes[key] = (chunk, cfg.images_per_call or per_call)
-        return self._sizes[key]
+            return min(cfg.chunk_size, u), cfg.images_per_call or self.batch_size
+        ndev = self.mesh.devices.size
+        chunk, per_call = call_sizes_for_budget(
+            self.bytes_per_image(image_shape),
+            self.batch_size,
+            ndev,
+            u,
+            cfg.memory_budget_mb << 20,
+        )
+        return chunk, cfg.images_per_call or per_call
 
-    def _bytes_per_image(self, image_shape: tuple[int, ...], param_size: int = 2) -> float:
+    def bytes_per_image(self, image_shape: tuple[int, ...]) -> float:
         """Temporary bytes per image of the model on one device (0 when XLA does not say)."""
-        image = jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32)
-        param = jax.ShapeDtypeStruct((param_size,), jnp.float32)
-        out = jax.eval_shape(self._transform, image, param)
         n = min(8, self.batch_size // self.mesh.devices.size)
-        x = jax.ShapeDtypeStruct((n, *out.shape), jnp.float32)
-        variables = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), self._variables)
-        analysis = jax.jit(self._apply).lower(variables, x).compile().memory_analysis()
-        temp = getattr(analysis, "temp_size_in_bytes", 0) if analysis is not None else 0
-        return temp / n
-
-    # --- the jitted batch function -------------------------------------------------------------
-
-    def _probs(
-        self, variables, images: Array, params: Array, num_params: int, chunk: int, per_call: int
-    ) -> tuple[Array, Array]:
-        """Softmax probabilities [T, B, K] and a per-image finiteness flag [B]."""
-        chunks = params.reshape(-1, chunk, params.shape[-1])  # [T_pad / c, c, P]
-        per_image = jax.vmap(self._transform, in_axes=(None, 0))  # one image, c params
-        groups = images.shape[0] // per_call
-
-        def logits_of(x):  # [n, c, h, w, C] -> [n, c, K]; B-major: shards stay local
-            n = x.shape[0]
-            return self._apply(variables, x.reshape(n * chunk, *x.shape[2:])).reshape(n, chunk, -1)
-
-        def one_chunk(params_chunk):
-            x = jax.vmap(per_image, in_axes=(0, None))(images, params_chunk)  # [B, c, h, w, C]
-            if groups == 1:
-                logits = logits_of(x)
-            else:  # group g holds images g, g + groups, ...: each device keeps its own rows
-                x = jnp.swapaxes(x.reshape(per_call, groups, *x.shape[1:]), 0, 1)
-                logits = jax.lax.map(logits_of, x)  # [groups, m, c, K]
-                logits = jnp.swapaxes(logits, 0, 1).reshape(-1, *logits.shape[2:])
-            logits = logits.astype(jnp.float32)
-            finite = jnp.all(jnp.isfinite(logits), axis=(1, 2))
-            return jnp.swapaxes(jax.nn.softmax(logits, axis=-1), 0, 1), finite
-
-        probs, finite = jax.lax.map(one_chunk, chunks)  # [n, c, B, K], [n, B]
-        probs = probs.reshape(-1, *probs.shape[2:])[:num_params]
-        return probs, jnp.all(finite, axis=0)
-
-    def _batch_sums(
-        self,
-        variables,
-        images,
-        labels,
-        valid,
-        index,
-        params,
-        sweep_index,
-        reference_index,
-        pairs,
-        flip_pairs,
-        *,
-        num_params: int,
-        chunk_size: int,
-        images_per_call: int,
-    ) -> dict[str, Any]:
-        """Masked sums over one batch of every metric; `reference_index` is a traced int32.
-
-        `params` holds num_params distinct entries (padded to a multiple of chunk_size); with
-        `sweep_index` [T] the sweep is params[sweep_index] (entries that share an evaluation),
-        else the num_params entries themselves.
-        """
-        self.compile_count += 1  # runs once per trace
-        cfg = self.config
-        probs, finite = self._probs(
-            variables, images, params, num_params, chunk_size, images_per_call
+        return self._step.bytes_per_image(
+            self._variables, tuple(image_shape), self.params.shape[1], n
         )
-        if sweep_index is not None:
-            probs = probs[sweep_index]  # [T, B, K]
-        num_params = probs.shape[0]
-        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(cfg.seed), i))(index)
-        pair_keys, k_keys, ref_keys = jax.vmap(lambda k: jax.random.split(k, 3), out_axes=1)(keys)
-        outputs = SweepOutputs(
-            probs=probs,
-            labels=labels,
-            reference_index=reference_index,
-            pairs=pairs,
-            flip_pairs=flip_pairs,
-            consistency_pairs=metrics.draw_pairs(pair_keys, num_params, cfg.num_pairs),
-            reference_draws=metrics.draw_indices(ref_keys, num_params, (cfg.num_pairs,)),
-            worst_draws=metrics.draw_indices(k_keys, num_params, (cfg.worst_of_k,)),
-        )
-        available = {"pairs": pairs.shape[0] > 0, "flip_pairs": flip_pairs.shape[0] > 0}
-        per_image = {
-            name: fn(outputs)
-            for name, (needs, fn) in PER_IMAGE_METRICS.items()
-            if needs is None or available[needs]
-        }
-        w = valid.astype(jnp.float32)
-        curves = metrics.label_prob_curve(probs, labels)  # [T, B]
-        top = jnp.argmax(probs, axis=-1)
-        flips = (top[pairs[:, 0]] != top[pairs[:, 1]]).astype(jnp.float32)  # [E, B]
-        n = min(cfg.num_curves, images.shape[0])
-        return {
-            "count": jnp.sum(w),
-            "sum": {k: jnp.sum(v * w) for k, v in per_image.items()},
-            "sum_sq": {k: jnp.sum(v * v * w) for k, v in per_image.items()},
-            "correct_per_param": jnp.sum(outputs.correct * w, axis=1),
-            "label_prob_per_param": jnp.sum(curves * w, axis=1),
-            "flips_per_pair": jnp.sum(flips * w, axis=1),
-            "curves": curves[:, :n],
-            "curve_labels": labels[:n],
-            "curve_valid": valid[:n],
-            "bad_images": jnp.sum((~finite) & valid),
-        }
 
-    def compiled(
-        self,
-        image_shape: tuple[int, ...],
-        params: np.ndarray,
-        pairs: np.ndarray | None = None,
-        flip_pairs: np.ndarray | None = None,
-        sweep_index: np.ndarray | None = None,
-    ) -> jax.stages.Compiled:
-        """The compiled batch function `run` calls for images [H, W, C] under the sweep `params`
-        (and `sweep_index`, as `run` takes them).
+    def compiled(self, image_shape: tuple[int, ...]) -> jax.stages.Compiled:
+        """The compiled batch function `run` calls for images [H, W, C].
 
         After a `run` of the same shapes this traces and compiles nothing new (jit's caches);
         its `memory_analysis()` gives the bytes XLA assigns to one batch call, `as_text()` its
         optimised HLO.
         """
-        params = np.asarray(params, np.float32)
-        u = params.shape[0]
-        t = u if sweep_index is None else len(sweep_index)
-        pairs, flip_pairs = self._pairs(t, pairs, flip_pairs)
-        chunk, per_call = self.call_sizes(image_shape, u, params.shape[1])
+        u = len(self.params)
+        chunk, per_call = self.call_sizes(image_shape)
         n = self.batch_size
         data = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=self._data_sharding)
-        return self._step.lower(
+        index = self.sweep_index
+        return self._step.jitted.lower(
             self._variables,
             data((n, *image_shape), jnp.float32),
             data((n,), jnp.int32),
             data((n,), jnp.bool_),
             data((n,), jnp.int32),
-            jax.ShapeDtypeStruct((u + -u % chunk, params.shape[1]), jnp.float32),
-            None if sweep_index is None else jax.ShapeDtypeStruct((t,), jnp.int32),
+            jax.ShapeDtypeStruct((u + -u % chunk, self.params.shape[1]), jnp.float32),
+            None if index is None else jax.ShapeDtypeStruct(index.shape, jnp.int32),
             jax.ShapeDtypeStruct((), jnp.int32),
-            jax.ShapeDtypeStruct(pairs.shape, jnp.int32),
-            jax.ShapeDtypeStruct(flip_pairs.shape, jnp.int32),
+            jax.ShapeDtypeStruct(self.pairs.shape, jnp.int32),
+            jax.ShapeDtypeStruct(self.flip_pairs.shape, jnp.int32),
             num_params=u,
             chunk_size=chunk,
             images_per_call=per_call,
@@ -457,59 +285,18 @@ class Evaluator:
 
     # --- host side ------------------------------------------------------------------------------
 
-    def _pairs(self, t: int, pairs, flip_pairs) -> tuple[np.ndarray, np.ndarray]:
-        """The neighbour pairs (default: an ordered sweep's (k, k + 1) and (k, k + d))."""
-        d = self.config.flip_distance
-        if flip_pairs is None and pairs is not None and not len(pairs):
-            flip_pairs = np.zeros((0, 2), np.int32)  # a sweep without neighbours
-        if flip_pairs is None and d >= t:
-            raise ValueError(f"flip_distance={d} must be smaller than the sweep length {t}.")
-        out = []
-        for name, value, default in (("pairs", pairs, 1), ("flip_pairs", flip_pairs, d)):
-            value = metrics.sequence_pairs(t, default) if value is None else np.asarray(value)
-            value = value.reshape(-1, 2) if value.size == 0 else value
-            if (
-                value.ndim != 2
-                or value.shape[1] != 2
-                or (value.size and not (0 <= value.min() and value.max() < t))
-            ):
-                raise ValueError(f"{name} must be [E, 2] indices in [0, {t}), got {value.shape}.")
-            out.append(value.astype(np.int32))
-        return out[0], out[1]
-
-    def _global_batch(self, images: np.ndarray, labels: np.ndarray, start: int):
-        """Pads this host's slice to batch_size / process_count and forms global arrays."""
-        local = self.batch_size // jax.process_count()
-        n = len(labels)
-        if n > local:
-            raise ValueError(f"a batch of {n} images exceeds the per-host batch size {local}.")
-        pad = local - n
-        images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-        labels = np.concatenate([labels, np.zeros((pad,), np.int32)]).astype(np.int32)
-        valid = np.arange(local) < n
-        index = (start + jax.process_index() * local + np.arange(local)).astype(np.int32)
-        make = lambda a: jax.make_array_from_process_local_data(self._data_sharding, a)
-        return make(images), make(labels), make(valid), make(index)
-
-    def identity(
-        self,
-        params: np.ndarray,
-        reference_index: int,
-        pairs: np.ndarray,
-        flip_pairs: np.ndarray,
-        sweep_index: np.ndarray | None = None,
-    ) -> dict[str, Any]:
+    def identity(self) -> dict[str, Any]:
         """The evaluator's part of a run identity: the weights' content, the sweep (and its
-        shared entries), its pairs, config and batch size."""
+        shared entries), its reference entry and pairs, and the config."""
         if self._weights_digest is None:
             self._weights_digest = run_identity.digest_arrays(jax.device_get(self._variables))
-        sweep = {"params": params, "pairs": pairs, "flip_pairs": flip_pairs}
-        if sweep_index is not None:
-            sweep["sweep_index"] = sweep_index
+        sweep = {"params": self.params, "pairs": self.pairs, "flip_pairs": self.flip_pairs}
+        if self.sweep_index is not None:
+            sweep["sweep_index"] = self.sweep_index
         return {
             "weights_sha256": self._weights_digest,
             "sweep_sha256": run_identity.digest_arrays(sweep),
-            "reference_index": int(reference_index),
+            "reference_index": int(self.protocol.reference_index),
             "config": dataclasses.asdict(self.config),
             "batch_size": self.batch_size,
             "shiftbench": run_identity.package_version(),
@@ -517,45 +304,27 @@ class Evaluator:
 
     def run(
         self,
-        batches: Iterable[tuple[np.ndarray, np.ndarray]]
-        | Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]],
-        params: np.ndarray,
-        reference_index: int = 0,
+        batches: Batches | Callable[[int], Batches],
         *,
-        pairs: np.ndarray | None = None,
-        flip_pairs: np.ndarray | None = None,
-        sweep_index: np.ndarray | None = None,
-        identity: Mapping[str, Any] | None = None,
         state_path: str | None = None,
+        identity: Mapping[str, Any] | None = None,
         save_every: int = 20,
         total_batches: int | None = None,
         progress_every: int = 10,
     ) -> EvalResult:
-        """Evaluates every batch under the sweep `params`.
+        """Evaluates every batch under the protocol.
 
         Args:
-          batches: this host's (images float32 [n, H, W, C], labels int32 [n]) per global
-            batch, n <= batch_size / process_count (the last may be short: it is padded and
-            masked); or a function `start_batch -> iterable` starting at that batch, so a
-            resumed run does not read the batches it already evaluated.
-          params: [T, P] sweep parameters, T >= 2.
-          reference_index: index of the untransformed (or reference) parameter: the class c of
-            MAC and the "vs reference" consistency.
-          pairs: [E, 2] sweep-index pairs one step apart (`Protocol.pairs()`); default: the
-            sweep is an ordered sequence, pairs (k, k + 1). [0, 2]: no neighbours (random
-            draws): the neighbour metrics are then absent.
-          flip_pairs: [F, 2] pairs `flip_distance` steps apart (`Protocol.flip_pairs(d)`);
-            default (k, k + d), or none when `pairs` is empty.
-          sweep_index: int [T] into `params` (`Protocol.distinct_entries`): the sweep is
-            params[sweep_index], and each distinct entry of `params` is evaluated once (exact
-            only when the model's outputs are equal for the entries that share one). Pairs,
-            the reference and every per-parameter output refer to the T sweep entries.
-          identity: what else determines the numbers (model, weights digest, data, protocol):
-            stored with the state; the evaluator adds its own part (`Evaluator.identity`).
+          batches: this host's (images float32 [n, H, W, C] in [0, 1], labels int32 [n]) per
+            global batch, n <= batch_size / process_count (the last may be short: it is
+            padded and masked); or a function `start_batch -> iterable` starting at that
+            batch, so a resumed run does not read the batches it already evaluated.
           state_path: when given (local or gs://), the running sums are saved there every
             `save_every` batches and at the end; a run that finds a state of the same identity
             resumes after its last batch, one that finds another identity starts afresh (and
             logs what differs).
+          identity: what else determines the numbers (model, data, protocol options): stored
+            with the state; the evaluator adds its own part (`Evaluator.identity`).
           save_every: batches between saved states.
           total_batches: number of batches, for the ETA in progress logs (optional).
           progress_every: log progress every this many batches (0: never).
@@ -566,64 +335,41 @@ class Evaluator:
         Raises:
           FloatingPointError: the classifier returned NaN or inf logits for some batch (named).
         """
-        params = np.asarray(params, np.float32)
-        if sweep_index is not None:
-            sweep_index = np.asarray(sweep_index)
-            if (
-                params.ndim != 2
-                or sweep_index.ndim != 1
-                or sweep_index.dtype.kind not in "iu"
-                or not np.array_equal(np.unique(sweep_index), np.arange(len(params)))
-            ):
-                raise ValueError(
-                    f"sweep_index must be int [T] using every row of params [U, P] (indices "
-                    f"0..U-1), got {sweep_index.shape} {sweep_index.dtype} for {params.shape}."
-                )
-            sweep_index = sweep_index.astype(np.int32)
-        elif params.ndim != 2 or params.shape[0] < 2:
-            raise ValueError(f"params must be [T, P] with T >= 2, got shape {params.shape}.")
-        t = params.shape[0] if sweep_index is None else len(sweep_index)
-        if t < 2:
-            raise ValueError(f"the sweep must have T >= 2 entries, got {t}.")
-        if not 0 <= reference_index < t:
-            raise ValueError(f"reference_index={reference_index} is outside the sweep [0, {t}).")
-        pairs, flip_pairs = self._pairs(t, pairs, flip_pairs)
-        full_identity = {
-            **(identity or {}),
-            "evaluation": self.identity(params, reference_index, pairs, flip_pairs, sweep_index),
-        }
-        state = _resume(state_path, full_identity)
+        full_identity = {**(identity or {}), "evaluation": self.identity()}
+        state = eval_state.resume(state_path, full_identity)
         start_time = time.perf_counter()
         if callable(batches):
             batches = batches(state.num_batches)
         else:
             batches = itertools.islice(batches, state.num_batches, None)
-        sweep = (params, sweep_index, np.int32(reference_index), pairs, flip_pairs)
-        self._loop(batches, sweep, state, state_path, save_every, total_batches, progress_every)
+        self._loop(batches, state, state_path, save_every, total_batches, progress_every)
         if state_path:
-            _save_state(state_path, state)
-        return self._finalise(state, pairs, time.perf_counter() - start_time)
+            eval_state.save(state_path, state)
+        return self._finalise(state, time.perf_counter() - start_time)
 
-    def _loop(self, batches, sweep, state, state_path, save_every, total_batches, progress_every):
+    def _loop(self, batches, state, state_path, save_every, total_batches, progress_every):
         """Evaluates the batches into `state`, saving it every `save_every` batches."""
-        params, sweep_index, reference_index, pairs, flip_pairs = sweep
-        u = params.shape[0]  # distinct entries evaluated
-        t = u if sweep_index is None else len(sweep_index)  # sweep entries measured
+        u = len(self.params)  # distinct entries evaluated
+        t = len(self.protocol.params)  # sweep entries measured
+        reference_index = np.int32(self.protocol.reference_index)
         start = state.num_batches
         pending = None
         staged = {}  # chunk size -> the sweep on the device, staged once per sweep
         start_time = time.perf_counter()
         for b, (images, lab) in enumerate(batches, start=start):
             images = np.asarray(images, np.float32)
-            chunk, per_call = self.call_sizes(images.shape[1:], u, params.shape[1])
+            chunk, per_call = self.call_sizes(images.shape[1:])
             if chunk not in staged:
                 # device_put stages data without compiling anything (jnp.asarray compiles a
                 # small XLA program per new shape): one compile per sweep.
-                padded = np.concatenate([params, np.repeat(params[-1:], -u % chunk, axis=0)])
-                staged[chunk] = jax.device_put((padded, sweep_index, pairs, flip_pairs))
+                pad = np.repeat(self.params[-1:], -u % chunk, axis=0)
+                staged[chunk] = jax.device_put(
+                    (np.concatenate([self.params, pad]), self.sweep_index, self.pairs)
+                    + (self.flip_pairs,)
+                )
             sweep_params, sweep_entries, sweep_pairs, sweep_flip_pairs = staged[chunk]
             args = self._global_batch(images, np.asarray(lab), b * self.batch_size)
-            out = self._step(
+            out = self._step.jitted(
                 self._variables,
                 *args,
                 sweep_params,
@@ -657,7 +403,21 @@ class Evaluator:
         if pending is not None:
             self._collect(state, *pending, state_path, save_every)
 
-    def _collect(self, state: "_State", out, b: int, state_path, save_every: int) -> None:
+    def _global_batch(self, images: np.ndarray, labels: np.ndarray, start: int):
+        """Pads this host's slice to batch_size / process_count and forms global arrays."""
+        local = self.batch_size // jax.process_count()
+        n = len(labels)
+        if n > local:
+            raise ValueError(f"a batch of {n} images exceeds the per-host batch size {local}.")
+        pad = local - n
+        images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+        labels = np.concatenate([labels, np.zeros((pad,), np.int32)]).astype(np.int32)
+        valid = np.arange(local) < n
+        index = (start + jax.process_index() * local + np.arange(local)).astype(np.int32)
+        make = lambda a: jax.make_array_from_process_local_data(self._data_sharding, a)
+        return make(images), make(labels), make(valid), make(index)
+
+    def _collect(self, state: eval_state.EvalState, out, b: int, state_path, save_every: int):
         """Adds batch b's sums to `state` (and saves it every `save_every` batches)."""
         out = jax.device_get(out)
         if out["bad_images"]:
@@ -679,9 +439,9 @@ class Evaluator:
         )
         state.num_batches = b + 1
         if state_path and (b + 1) % save_every == 0:
-            _save_state(state_path, state)
+            eval_state.save(state_path, state)
 
-    def _finalise(self, state: "_State", pairs: np.ndarray, wall_time_s: float) -> EvalResult:
+    def _finalise(self, state: eval_state.EvalState, wall_time_s: float) -> EvalResult:
         """Means and standard errors over images from the running sums."""
         totals = state.totals
         if totals is None or float(totals["count"]) == 0:
@@ -699,7 +459,7 @@ class Evaluator:
             stderr=stderr,
             accuracy_per_param=np.asarray(totals["correct_per_param"]) / count,
             label_prob_per_param=np.asarray(totals["label_prob_per_param"]) / count,
-            pairs=pairs,
+            pairs=self.pairs,
             flip_rate_per_pair=np.asarray(totals["flips_per_pair"]) / count,
             curves=state.curves,
             curve_labels=state.curve_labels,
@@ -712,114 +472,19 @@ class Evaluator:
         )
 
 
-# --- evaluation state: npz with the run identity --------------------------------------------------
-
-
-@dataclasses.dataclass
-class _State:
-    """Running sums of an evaluation, with the identity of the run they belong to."""
-
-    identity: dict
-    num_batches: int = 0
-    totals: dict | None = None
-    curves: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0), np.float32))
-    curve_labels: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))
-    call_sizes: tuple[int, int] = (0, 0)
-
-
-def _state_bytes(state: _State) -> bytes:
-    arrays = {
-        "identity": np.array(json.dumps(run_identity.jsonable(state.identity))),
-        "num_batches": np.array(state.num_batches),
-        "curves": state.curves,
-        "curve_labels": state.curve_labels,
-    }
-    for key, value in (state.totals or {}).items():
-        if isinstance(value, Mapping):
-            arrays.update({f"totals/{key}/{k}": np.asarray(v) for k, v in value.items()})
-        else:
-            arrays[f"totals/{key}"] = np.asarray(value)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def _state_from_bytes(data: bytes) -> _State:
-    with np.load(io.BytesIO(data), allow_pickle=False) as f:
-        totals: dict[str, Any] = {}
-        for name in f.files:
-            if name.startswith("totals/"):
-                parts = name.split("/")[1:]
-                if len(parts) == 2:
-                    totals.setdefault(parts[0], {})[parts[1]] = f[name]
-                else:
-                    totals[parts[0]] = f[name]
-        curves = f["curves"]
-        return _State(
-            identity=json.loads(str(f["identity"])),
-            num_batches=int(f["num_batches"]),
-            totals=totals or None,
-            curves=curves if curves.size else np.zeros((0, 0), np.float32),
-            curve_labels=f["curve_labels"].astype(np.int32),
-        )
-
-
-def _resume(path: str | None, identity: dict) -> _State:
-    """The saved state at `path` when it has `identity`, else a fresh one (logged)."""
-    identity = run_identity.jsonable(identity)
-    fresh = _State(identity=identity)
-    data = report.read_bytes_shared(path) if path else None
-    if data is None:
-        return fresh
-    try:
-        state = _state_from_bytes(data)
-    except (ValueError, KeyError, OSError) as e:
-        logging.warning("%s is not an evaluation state (%s); starting afresh.", path, e)
-        return fresh
-    diff = run_identity.differences(state.identity, identity)
-    if diff:
-        logging.warning(
-            "%s belongs to another run, starting afresh; differs in: %s", path, "; ".join(diff)
-        )
-        return fresh
-    if state.num_batches:
-        logging.info("resuming after %d evaluated batches from %s", state.num_batches, path)
-    return state
-
-
-def _save_state(path: str, state: _State) -> None:
-    """Atomically writes the running sums as npz (process 0 only: `report.write_bytes`)."""
-    report.write_bytes(path, _state_bytes(state))
-
-
 def evaluate(
     apply_fn: Callable[..., Any],
-    batches: Iterable[tuple[np.ndarray, np.ndarray]],
-    protocol,
-    *,
-    batch_size: int,
+    batches: Batches,
+    protocol: Protocol,
     config: EvalConfig = EvalConfig(),
-    variables: Any = None,
-    mesh: Mesh | None = None,
-    shift_period: int | None = None,
+    **kwargs: Any,
 ) -> EvalResult:
-    """Evaluates `apply_fn` on `batches` under a `benchmarks.core.protocols.Protocol`.
+    """`Evaluator(apply_fn, protocol, config, **kwargs).run(batches)`: one call.
 
-    The protocol gives the transform, the sweep, the reference entry and the pairs; call
-    sizes come from `config` (by default from its memory budget). With `shift_period` (the
-    model's `circular_period(image_shape)`), circular shifts of the same phase share one
-    evaluation (`Protocol.distinct_entries`). See `Evaluator`. For the CLI's speed with a
-    `benchmarks.inference.classifiers.Classifier`, pass `apply_fn, variables = clf.inference(shape)`
-    (BatchNorm folded, convs on the direct CPU kernel), after importing `benchmarks` before the first JAX
-    computation (its XLA CPU settings, `benchmarks.runtime.xla_defaults`).
+    Repeated calls with the same `apply_fn`, protocol transform, mesh and metric settings
+    reuse the compiled batch function. For the CLI's speed with a
+    `benchmarks.inference.classifiers.Classifier`, pass `apply_fn, variables =
+    clf.inference(protocol.output_shape)` (BatchNorm folded, convs on the CPU kernel), and call
+    `benchmarks.configure_xla_cpu()` before the first JAX computation.
     """
-    evaluator = Evaluator(apply_fn, protocol.transform, batch_size, config, variables, mesh)
-    params, sweep_index = protocol.distinct_entries(shift_period)
-    return evaluator.run(
-        batches,
-        params,
-        protocol.reference_index,
-        pairs=protocol.pairs(1),
-        flip_pairs=protocol.flip_pairs(config.flip_distance),
-        sweep_index=sweep_index,
-    )
+    return Evaluator(apply_fn, protocol, config, **kwargs).run(batches)

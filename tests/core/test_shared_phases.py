@@ -58,16 +58,17 @@ def _compare(clf, images, labels, period):
     # A 5 x 5 grid: 25 shifts, 16 distinct phases for a period of 4.
     proto = protocols.build("circular", images.shape[1:], sweep="grid", min_shift=-2, max_shift=2)
     batches = [(images, labels)]
-    config = evaluator.EvalConfig(chunk_size=25, images_per_call=len(labels))  # no memory probe
-    ev = evaluator.Evaluator(clf.logits, proto.transform, len(labels), config, clf.variables)
+    n = len(labels)
+    config = evaluator.EvalConfig(batch_size=n, chunk_size=25, images_per_call=n)  # no probe
+    logits = lambda v, x: clf.logits(v, x)  # noqa: E731  (its own compiled function)
 
     def run(shift_period):
-        params, sweep_index = proto.distinct_entries(shift_period)
-        return ev.run(
-            batches, params, proto.reference_index, pairs=proto.pairs(1), sweep_index=sweep_index
+        ev = evaluator.Evaluator(
+            logits, proto, config, variables=clf.variables, shift_period=shift_period
         )
+        return ev, ev.run(batches)
 
-    plain, shared = run(None), run(period)
+    (_, plain), (ev, shared) = run(None), run(period)
     assert ev.compile_count == (1 if period is None else 2)
     for key in COUNTS:
         assert shared.metrics[key] == plain.metrics[key], key

@@ -183,9 +183,9 @@ def test_invariance_writes_the_upscaled_count(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("digits", "validation"), "--split='validation'"),
-        (("no_such_dataset", "test"), "--dataset='no_such_dataset'"),
-        (("mnist", "test", "/nonexistent/dir"), "--data_dir='/nonexistent/dir'"),
+        (("digits", "validation"), "(?<!-)split='validation'"),
+        (("no_such_dataset", "test"), "(?<!-)dataset='no_such_dataset'"),
+        (("mnist", "test", "/nonexistent/dir"), "(?<!-)data_dir='/nonexistent/dir'"),
     ],
 )
 def test_clear_errors(args, message):

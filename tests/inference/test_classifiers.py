@@ -116,7 +116,7 @@ def test_efficientnet_lite_aliases_resolve_to_the_checked_files(alias):
     "name", ["vgg_small", "resnet20", "resnet50", "efficientnet_lite1", "efficientnet_lite2"]
 )
 def test_an_efficientnet_alias_for_another_model_is_refused(name):
-    with pytest.raises(ValueError, match=r"weights of --model=efficientnet_lite0 only, not of "):
+    with pytest.raises(ValueError, match=r"weights of model=efficientnet_lite0 only, not of "):
         classifiers.load(name, 1000, (224, 224, 3), weights="efficientnet_lite0")
     from models.weights import torch_weights
 

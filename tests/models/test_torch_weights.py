@@ -298,9 +298,9 @@ def test_classifiers_torch_weights_errors(tmp_path):
     path.write_bytes(b"")  # the fields are checked before the file is read
     with pytest.raises(ValueError, match="has 10 classes; the dataset has 100"):
         classifiers.load("resnet20", 100, (32, 32, 3), weights=str(path))
-    with pytest.raises(ValueError, match=r"--width=32 does not fit .* width=16"):
+    with pytest.raises(ValueError, match=r"width=32 does not fit .* width=16"):
         classifiers.load("resnet20", 10, (32, 32, 3), weights=str(path), width=32)
-    with pytest.raises(ValueError, match="--weights is for the Keras models"):
+    with pytest.raises(ValueError, match="`weights` are for the Keras models"):
         classifiers.load("vgg_small", 10, (32, 32, 3), weights=str(path))
     with pytest.raises(FileNotFoundError):
         classifiers.load("resnet20", 10, (32, 32, 3), weights=str(tmp_path / "absent.th"))

@@ -172,9 +172,8 @@ def test_evaluator_compiles_once_with_the_fast_path():
     model, variables = _model("resnet20", 16)
     logits, fast_variables = fastpath.prepare(model, variables, (16, 16, 3))
     proto = protocols.build("crop", (20, 20, 3), sweep="diagonal", max_shift=2, crop_size=16)
-    ev = evaluator.Evaluator(
-        logits, proto.transform, 4, evaluator.EvalConfig(chunk_size=2), fast_variables
-    )
+    config = evaluator.EvalConfig(batch_size=4, chunk_size=2)
+    ev = evaluator.Evaluator(logits, proto, config, variables=fast_variables)
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, d, **kw: (
@@ -185,25 +184,23 @@ def test_evaluator_compiles_once_with_the_fast_path():
     )
     rng = np.random.default_rng(0)
     batches = [(rng.random((4, 20, 20, 3), np.float32), rng.integers(0, 10, 4)) for _ in range(3)]
-    first = ev.run(batches, proto.params, proto.reference_index)
+    first = ev.run(batches)
     assert len(compiles) == 1 and ev.compile_count == 1
-    other = ev.run(batches[1:], proto.params[::-1], 0)  # new batches, new sweep values
-    ev.compiled((20, 20, 3), proto.params)  # the memory / HLO view: cached, no compile
-    assert len(compiles) == 1 and ev.compile_count == 1
+    reversed_sweep = proto.with_sweep(proto.params[::-1], 0)  # new sweep values, same shape
+    other_ev = evaluator.Evaluator(logits, reversed_sweep, config, variables=fast_variables)
+    other = other_ev.run(batches[1:])  # new batches too
+    ev.compiled((20, 20, 3))  # the memory / HLO view: cached, no compile
+    assert len(compiles) == 1 and ev.compile_count == other_ev.compile_count == 1
     assert first.num_images == 12 and other.num_images == 8
     # The fast path gives the plain classifier's numbers.
     plain = evaluator.Evaluator(
-        lambda v, x: model.apply(v, x)[0],
-        proto.transform,
-        4,
-        evaluator.EvalConfig(chunk_size=2),
-        variables,
+        lambda v, x: model.apply(v, x)[0], proto, config, variables=variables
     )
-    ref = plain.run(batches, proto.params, proto.reference_index)
+    ref = plain.run(batches)
     np.testing.assert_array_equal(first.accuracy_per_param, ref.accuracy_per_param)
     for key in ("p_top1_change", "mac", "accuracy"):
         np.testing.assert_allclose(first.metrics[key], ref.metrics[key], rtol=1e-4, atol=1e-6)
-    memory = ev.compiled((20, 20, 3), proto.params).memory_analysis()
+    memory = ev.compiled((20, 20, 3)).memory_analysis()
     assert memory.temp_size_in_bytes > 0
 
 

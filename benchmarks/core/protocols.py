@@ -32,11 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from benchmarks.core import options, transforms
+from benchmarks.core import options, sweeps, transforms
 from benchmarks.core.options import option
 
 PROTOCOLS = ("crop", "embed", "inpaint", "circular", "subpixel", "translate", "rescale", "rotate")
-SWEEPS = ("diagonal", "horizontal", "vertical", "grid", "random")
 FILLS = ("zero", "mean", "constant", "inpaint")
 SUBPIXEL_METHODS = ("fourier", "lanczos3", "bilinear")
 SHIFT_PROTOCOLS = ("crop", "embed", "inpaint", "circular", "subpixel", "translate")
@@ -44,32 +43,6 @@ SHIFT_PROTOCOLS = ("crop", "embed", "inpaint", "circular", "subpixel", "translat
 
 class ProtocolError(ValueError):
     """Options that do not make a valid protocol; the message names the argument."""
-
-
-def lattice_pairs(lattice: tuple[int, ...] | None, d: int = 1) -> np.ndarray:
-    """Pairs of sweep indices d steps apart along each axis of the sweep's lattice.
-
-    Args:
-      lattice: (T,) for an ordered 1-D sweep (diagonal, line, rescale, rotate), (R, C) for a
-        row-major grid, None for a sweep without neighbours (random draws).
-      d: steps, >= 1.
-
-    Returns:
-      int32 [E, 2] pairs (a, b), a before b: (k, k + d) for a 1-D sweep; for a grid the
-      horizontal pairs ((r, c), (r, c + d)) then the vertical ones ((r, c), (r + d, c)), as flat
-      row-major indices; [0, 2] for None or when no axis has more than d entries.
-    """
-    if lattice is None:
-        return np.zeros((0, 2), np.int32)
-    index = np.arange(int(np.prod(lattice)), dtype=np.int32).reshape(lattice)
-    out = []
-    for axis in reversed(range(index.ndim)):  # columns (horizontal pairs) first
-        n = index.shape[axis]
-        if n > d:
-            a = np.take(index, np.arange(n - d), axis=axis).ravel()
-            b = np.take(index, np.arange(d, n), axis=axis).ravel()
-            out.append(np.stack([a, b], axis=1))
-    return np.concatenate(out).astype(np.int32) if out else np.zeros((0, 2), np.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +74,8 @@ class Protocol:
     options: dict = dataclasses.field(default_factory=dict)
 
     def pairs(self, d: int = 1) -> np.ndarray:
-        """int32 [E, 2] sweep-index pairs d steps apart (`lattice_pairs`); [0, 2] if none."""
-        return lattice_pairs(self.lattice, d)
+        """int32 [E, 2] sweep-index pairs d steps apart (`sweeps.lattice_pairs`); [0, 2] if none."""
+        return sweeps.lattice_pairs(self.lattice, d)
 
     def flip_pairs(self, d: int) -> np.ndarray:
         """The pairs of the flip probability at distance d (`EvalConfig.flip_distance`).
@@ -171,7 +144,7 @@ class ProtocolConfig:
     sweep: str | None = option(
         None,
         "Shape of the shift sweep (default diagonal); shift protocols only (not rescale/rotate).",
-        choices=SWEEPS,
+        choices=sweeps.SWEEPS,
     )
     max_shift: int = option(4, "Largest shift in pixels (or in shift_step units).", lower=0)
     min_shift: int | None = option(
@@ -220,40 +193,6 @@ class ProtocolConfig:
             raise ProtocolError(str(e)) from None
 
 
-def shift_sweep(
-    sweep: str, min_shift: int, max_shift: int, num_random: int = 16, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray, str, tuple[int, ...] | None]:
-    """Integer shifts (dy, dx) in [min_shift, max_shift] along a sweep shape.
-
-    Returns:
-      shifts int [T, 2], x [T] (plot axis), its label, and the lattice (`lattice_pairs`).
-    """
-    if max_shift < min_shift:
-        raise ProtocolError(f"max_shift={max_shift} must be >= min_shift={min_shift}.")
-    if max_shift == min_shift and sweep != "random":
-        raise ProtocolError(
-            f"max_shift={max_shift} equals min_shift: a sweep needs at least two shifts."
-        )
-    if sweep == "diagonal":
-        p = transforms.diagonal(min_shift, max_shift, 1)
-        return p, p[:, 1].astype(np.float32), "shift (dy = dx, px)", (len(p),)
-    if sweep in ("horizontal", "vertical"):
-        p = transforms.line(min_shift, max_shift, 1, axis="x" if sweep == "horizontal" else "y")
-        col = 1 if sweep == "horizontal" else 0
-        return p, p[:, col].astype(np.float32), f"shift ({'dx' if col else 'dy'}, px)", (len(p),)
-    if sweep == "grid":
-        p = transforms.grid(min_shift, max_shift, 1)
-        n = max_shift - min_shift + 1
-        return p, np.arange(len(p), dtype=np.float32), "grid index (row-major dy, dx)", (n, n)
-    p = transforms.random_offsets(seed, num_random, min_shift, max_shift)
-    return p, np.arange(len(p), dtype=np.float32), "random draw", None
-
-
-def _zero_index(shifts: np.ndarray) -> int:
-    """Index of the shift closest to (0, 0)."""
-    return int(np.argmin(np.abs(np.asarray(shifts, np.float32)).sum(axis=1)))
-
-
 @dataclasses.dataclass(frozen=True)
 class BoundTransform:
     """`fn(image, param, **kwargs)` with its keyword arguments fixed.
@@ -277,16 +216,19 @@ def _shift_protocol(
     name, o: ProtocolConfig, fn, output_shape, input_shape, step: float = 1.0
 ) -> Protocol:
     """A protocol over the integer shift sweep of `o`, scaled by `step` px per unit."""
-    shifts, x, label, lattice = shift_sweep(
-        o.sweep or "diagonal", o.min_shift, o.max_shift, o.num_random, o.seed
-    )
+    try:
+        shifts, x, label, lattice = sweeps.shift_sweep(
+            o.sweep or "diagonal", o.min_shift, o.max_shift, o.num_random, o.seed
+        )
+    except ValueError as e:
+        raise ProtocolError(str(e)) from None
     if step != 1.0:
         label = label.replace("px", f"x {step:g} px")
     return Protocol(
         name,
         fn,
         (shifts * step).astype(np.float32),
-        _zero_index(shifts),
+        sweeps.zero_index(shifts),
         x * step,
         label,
         output_shape,

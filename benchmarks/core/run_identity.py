@@ -12,6 +12,7 @@ An identity is a nested dict of JSON values. Array contents enter it as sha256 d
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata as md
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -40,8 +41,6 @@ def digest_arrays(tree: Any) -> str:
 
 def package_version() -> str:
     """The installed shiftbench version ('unknown' from a source tree that is not installed)."""
-    import importlib.metadata as md
-
     try:
         return md.version("shiftbench")
     except md.PackageNotFoundError:

@@ -16,7 +16,7 @@ Offsets out of range raise ``ValueError`` when the offset is concrete (see
 ``validate_offsets``); under ``jit``/``vmap`` they cannot be checked and are clamped
 to the nearest valid position (each coordinate clipped to [0, max]).
 
-Sweep builders (``line``, ``diagonal``, ``grid``, ``random_offsets``) return numpy arrays
+Sweep builders live in `benchmarks.core.sweeps`; they return numpy arrays
 ``[T, P]``: int32 when all their numeric arguments are integers, float32 otherwise. Ranges
 include ``stop`` (``line(-3, 2, 1)`` has 6 values).
 """
@@ -37,7 +37,6 @@ from models.layers.subsampling import check_choice, is_int
 EMBED_FILLS = ("zero", "mean", "constant", "inpaint")
 SUBPIXEL_METHODS = ("fourier", "lanczos3", "bilinear")
 RESCALE_METHODS = ("bilinear", "nearest")
-LINE_AXES = ("x", "y", "scalar")
 
 # Binomial 11-tap row [1, 10, 45, ..., 1] / 1024 (exact in float32); the inpainting blur is its
 # outer product, applied separably.
@@ -48,7 +47,8 @@ _BLUR_RADIUS = 5
 # ----------------------------------------------------------------------------- validation
 
 
-def _number(name: str, value) -> float | int:
+def check_number(name: str, value) -> float | int:
+    """`value` when it is a finite real number (not a bool), else ValueError naming `name`."""
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float, np.integer, np.floating))
@@ -252,7 +252,7 @@ def embed(
     if h > canvas_h or w > canvas_w:
         raise ValueError(f"image_size {(h, w)} must not exceed canvas_size {canvas_size}")
     check_choice("fill", fill, EMBED_FILLS)
-    _number("fill_value", fill_value)
+    check_number("fill_value", fill_value)
     if inpaint_iters is not None and (not is_int(inpaint_iters) or inpaint_iters < 1):
         raise ValueError(f"inpaint_iters must be a positive int or None, got {inpaint_iters!r}")
     offset = _param("offset", offset, 2, integer=True)
@@ -374,7 +374,7 @@ def subpixel_shift(
     """
     image = _image(image)
     check_choice("method", method, SUBPIXEL_METHODS)
-    fill = float(_number("fill", fill))
+    fill = float(check_number("fill", fill))
     shift = _param("shift", shift, 2, integer=False)
     if method == "fourier":
         return _fourier_shift(image, shift)
@@ -437,7 +437,7 @@ def rescale(
     """
     image = _image(image)
     check_choice("method", method, RESCALE_METHODS)
-    fill = float(_number("fill", fill))
+    fill = float(check_number("fill", fill))
     scale = _param("scale", scale, 1, integer=False)[0]
     if _is_concrete(scale) and not scale > 0:
         raise ValueError(f"scale must be > 0, got {float(scale)}")
@@ -460,98 +460,8 @@ def rotate(image: ArrayLike, angle: ArrayLike, *, fill: float = 0.0) -> jax.Arra
       [H, W, C] float32.
     """
     image = _image(image)
-    fill = float(_number("fill", fill))
+    fill = float(check_number("fill", fill))
     theta = jnp.deg2rad(_param("angle", angle, 1, integer=False)[0])
     cos, sin = jnp.cos(theta), jnp.sin(theta)
     u, v, cy, cx = _centred_grid(*image.shape[:2])
     return _sample(image, cy + cos * u + sin * v, cx - sin * u + cos * v, "bilinear", fill)
-
-
-# ----------------------------------------------------------------------------- sweeps
-
-
-def _inclusive_range(start, stop, step) -> np.ndarray:
-    """start, start + step, ..., up to and including stop (int32 or float32)."""
-    for name, value in (("start", start), ("stop", stop), ("step", step)):
-        _number(name, value)
-    if not step > 0:
-        raise ValueError(f"step must be > 0, got {step!r}")
-    if not stop >= start:
-        raise ValueError(f"stop must be >= start, got start={start!r}, stop={stop!r}")
-    if all(is_int(v) for v in (start, stop, step)):
-        return np.arange(start, stop + 1, step, dtype=np.int32)
-    # The tolerance keeps stop when (stop - start) / step is an integer up to rounding.
-    count = math.floor((stop - start) / step + 1e-6) + 1
-    return (start + step * np.arange(count)).astype(np.float32)
-
-
-def line(start: float, stop: float, step: float, axis: str = "x") -> np.ndarray:
-    """A 1-D sweep start, start + step, ..., stop (inclusive).
-
-    Args:
-      start, stop, step: numbers, step > 0, stop >= start (pixels for shifts; scale factor or
-        degrees for axis='scalar').
-      axis: one of LINE_AXES. 'x': (0, k) pairs; 'y': (k, 0) pairs; 'scalar': one value per row.
-
-    Returns:
-      [T, 2] for 'x'/'y', [T, 1] for 'scalar'; int32 if start, stop, step are all ints,
-      float32 otherwise.
-    """
-    check_choice("axis", axis, LINE_AXES)
-    values = _inclusive_range(start, stop, step)
-    if axis == "scalar":
-        return values[:, None]
-    sweep = np.zeros((values.size, 2), values.dtype)
-    sweep[:, 0 if axis == "y" else 1] = values
-    return sweep
-
-
-def diagonal(start: float, stop: float, step: float) -> np.ndarray:
-    """Diagonal sweep of (k, k) pairs, k = start, start + step, ..., stop (inclusive).
-
-    Returns:
-      [T, 2], int32 if start, stop, step are all ints, float32 otherwise.
-    """
-    values = _inclusive_range(start, stop, step)
-    return np.stack([values, values], axis=1)
-
-
-def grid(start: float, stop: float, step: float) -> np.ndarray:
-    """2-D grid of (dy, dx), each in start, start + step, ..., stop (inclusive), row-major
-    (dy varies slowest).
-
-    Returns:
-      [T * T, 2], int32 if start, stop, step are all ints, float32 otherwise.
-    """
-    values = _inclusive_range(start, stop, step)
-    dy, dx = np.meshgrid(values, values, indexing="ij")
-    return np.stack([dy.ravel(), dx.ravel()], axis=1)
-
-
-def random_offsets(seed: int, num: int, low, high) -> np.ndarray:
-    """``num`` integer (dy, dx) pairs drawn uniformly from [low, high] (inclusive), seeded.
-
-    Args:
-      seed: non-negative int for ``np.random.default_rng``.
-      num: number of pairs, > 0.
-      low, high: ints, or (y, x) pairs of ints for per-axis bounds, high >= low.
-
-    Returns:
-      int32 [num, 2].
-    """
-    if not is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    if not is_int(num) or num < 1:
-        raise ValueError(f"num must be a positive int, got {num!r}")
-    bounds = {}
-    for name, value in (("low", low), ("high", high)):
-        array = np.asarray(value)
-        if array.shape not in ((), (2,)) or not all(is_int(v) for v in array.ravel().tolist()):
-            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-        bounds[name] = np.broadcast_to(array, (2,))
-    if np.any(bounds["high"] < bounds["low"]):
-        raise ValueError(f"high must be >= low, got low={low!r}, high={high!r}")
-    rng = np.random.default_rng(seed)
-    return rng.integers(bounds["low"], bounds["high"], size=(num, 2), endpoint=True).astype(
-        np.int32
-    )

@@ -15,13 +15,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 from collections.abc import Iterator, Sequence
+from importlib import metadata
 from typing import Any
 
+import jax
 import numpy as np
+import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
+from PIL import Image
 
 from benchmarks.core import options
 from benchmarks.core.options import option
+from benchmarks.core.run_identity import digest_arrays
 
 EMBEDDED = ("digits",)
 DIGITS_CANVAS = 32
@@ -82,8 +89,6 @@ class Dataset:
         """What determines the images an evaluation reads: name, version, split, the number of
         images, the image size, and a digest of the first and last example read (which tells
         two datasets of one name apart)."""
-        from benchmarks.core.run_identity import digest_arrays
-
         ends = sorted({0, max(num_images - 1, 0)}) if num_images else []
         examples = [_example(self, i, image_size) for i in ends]
         return {
@@ -97,7 +102,10 @@ class Dataset:
 
 
 def _digits_images() -> tuple[np.ndarray, np.ndarray]:
-    """The scikit-learn digits on a 32x32 canvas: float32 [1797, 32, 32, 1] in [0,1], int32 [1797]."""
+    """The scikit-learn digits on a 32x32 canvas: float32 [1797, 32, 32, 1] in [0,1], int32 [1797].
+
+    scikit-learn and scipy are imported here, for the embedded digits only (several seconds).
+    """
     from scipy import ndimage
     from sklearn.datasets import load_digits
 
@@ -126,10 +134,6 @@ class _ArraySource(Sequence):
 
 def _slice_embedded(n: int, split: str) -> slice:
     """Resolves 'train' (first 80%), 'test' (last 20%) with optional TFDS slicing of either."""
-    import types
-
-    import tensorflow_datasets as tfds
-
     train = int(round(0.8 * n))
     bounds = {"train": (0, train), "test": (train, n)}
     base = split.split("[")[0]
@@ -159,8 +163,6 @@ def tfds_builder(name: str, data_dir: str | None = None) -> Any:
     Raises:
       DataError: not a TFDS dataset, or its builder code needs a missing module.
     """
-    import tensorflow_datasets as tfds
-
     try:
         return tfds.builder(name, data_dir=_searched(data_dir))
     except tfds.core.registered.DatasetNotFoundError:
@@ -222,10 +224,8 @@ def open_dataset(name: str, split: str, data_dir: str | None = None) -> Dataset:
     if name in EMBEDDED:
         images, labels = _digits_images()
         sl = _slice_embedded(len(labels), split)
-        import sklearn
-
         source = _ArraySource(images[sl], labels[sl])
-        return Dataset(name, split, source, 10, version=f"sklearn-{sklearn.__version__}")
+        return Dataset(name, split, source, 10, version=f"sklearn-{metadata.version('scikit-learn')}")
     builder = tfds_builder(name, data_dir)
     source = tfds_split(builder, split)
     features = builder.info.features
@@ -296,8 +296,6 @@ def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
     Returns:
       float32 [size, size, C] in [0, 1].
     """
-    from PIL import Image
-
     image = np.asarray(image)
     h, w = image.shape[:2]
     nh, nw = resized_size(h, w, size)
@@ -337,11 +335,8 @@ class ReadCounts:
 
     def global_counts(self) -> ReadCounts:
         """The counts summed over every process (a collective: every host must call it)."""
-        import jax
-
         if jax.process_count() == 1:
             return ReadCounts(self.num_read, self.num_upscaled)
-        from jax.experimental import multihost_utils
 
         local = np.asarray([self.num_read, self.num_upscaled], np.int64)
         total = np.asarray(multihost_utils.process_allgather(local)).reshape(-1, 2).sum(0)
@@ -414,8 +409,6 @@ def local_batches(
     Returns:
       [(images [b, H, W, C], labels [b])] per global batch, b <= batch_size / process_count.
     """
-    import jax
-
     p, count = jax.process_index(), jax.process_count()
     if batch_size % count:
         raise ValueError(f"batch_size={batch_size} is not divisible by the process count {count}.")

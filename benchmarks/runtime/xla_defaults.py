@@ -26,6 +26,7 @@ No JAX import here: this runs before anything else of the package.
 from __future__ import annotations
 
 import os
+from importlib import metadata
 
 XLA_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
 MIN_JAXLIB = (0, 10)  # the flag exists (and was measured) from here; older XLA aborts on it
@@ -41,8 +42,6 @@ def defaults_enabled() -> bool:
 def _jaxlib_at_least(version: tuple[int, int]) -> bool:
     """Whether the installed jaxlib (read from its metadata; JAX is not imported) is at least
     (major, minor); False when it is missing or its version does not parse."""
-    from importlib import metadata
-
     try:
         parts = metadata.version("jaxlib").split(".")[:2]
         return tuple(int(p) for p in parts) >= version

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +26,6 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
-from etils import epath
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -35,6 +33,7 @@ from jax.typing import ArrayLike
 
 from benchmarks.core import run_identity
 from benchmarks.data.augment import AUGMENTATIONS, augment_batch
+from benchmarks.training.checkpoint import checkpoint_dir, load_meta, load_state
 from models.layers.subsampling import is_int
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
@@ -360,14 +359,6 @@ def _state_fn(model: nn.Module, config: TrainConfig, input_shape: tuple[int, ...
     return init
 
 
-def _abstract_state(model: nn.Module, config: TrainConfig, input_shape: tuple[int, ...]) -> Any:
-    """The training state's structure, shapes and dtypes, on the first local device, without
-    computing (or compiling) anything: a restore target."""
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shapes = jax.eval_shape(_state_fn(model, config, input_shape))
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), shapes)
-
-
 def _device_batch(
     images: np.ndarray, labels: np.ndarray, idx: np.ndarray, sharding: NamedSharding | None
 ) -> tuple[jax.Array, jax.Array]:
@@ -384,22 +375,6 @@ def _device_batch(
     )
 
 
-def _load_meta(manager: ocp.CheckpointManager, step: int) -> dict:
-    """The JSON metadata (config, history, wall_time_s, final_loss) of checkpoint `step`."""
-    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-
-
-def _load_state(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
-    """The training state of checkpoint `step`, in the structure (and shardings) of `target`."""
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
-    return manager.restore(step, args=args).state
-
-
-def checkpoint_dir(workdir: str) -> epath.Path:
-    """`workdir` as the absolute path orbax needs: local paths made absolute, gs:// kept."""
-    return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
-
-
 def _restore(
     manager: ocp.CheckpointManager,
     state: Any,
@@ -413,7 +388,7 @@ def _restore(
       ValueError: the checkpoint was made with a different config or run identity.
     """
     step = manager.latest_step()
-    meta = _load_meta(manager, step)
+    meta = load_meta(manager, step)
     run_identity.check(
         meta.get("identity", {}),
         identity,
@@ -431,35 +406,7 @@ def _restore(
             f"different config, field: (stored, given): {diff}. Use a new workdir, or "
             "the stored config to resume."
         )
-    return _load_state(manager, step, state), meta
-
-
-def restore_variables(workdir: str, model: nn.Module, input_shape: tuple[int, ...]) -> Any:
-    """The model variables of the latest checkpoint that `train` wrote in `workdir`.
-
-    Args:
-      workdir: a `train` workdir.
-      model: the module that was trained there.
-      input_shape: (H, W, C) of the images the model sees (for 'embed' training: the canvas).
-
-    Returns:
-      The flax variables ({'params': ..., and e.g. 'batch_stats': ...}).
-
-    Raises:
-      ValueError: workdir holds no checkpoint.
-    """
-    if not epath.Path(workdir).is_dir():
-        raise ValueError(f"workdir={workdir!r} does not exist.")
-    options = ocp.CheckpointManagerOptions(read_only=True)
-    with ocp.CheckpointManager(checkpoint_dir(workdir), options=options) as manager:
-        step = manager.latest_step()
-        if step is None:
-            raise ValueError(
-                f"workdir={workdir!r} holds no checkpoint of benchmarks.training.train."
-            )
-        config = TrainConfig(**_load_meta(manager, step)["config"])
-        target = _abstract_state(model, config, tuple(input_shape))
-        return _load_state(manager, step, target)["variables"]
+    return load_state(manager, step, state), meta
 
 
 def _run_steps(

@@ -36,6 +36,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
+import os
 import pickle
 import struct
 import zipfile
@@ -462,3 +463,37 @@ def sha256_file(path: str, chunk_bytes: int = 1 << 20) -> str:
         while chunk := f.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+KNOWN_SHA256 = {
+    "resnet20-12fca82f.th": "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8",
+    "resnet32-d509ac18.th": "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850",
+    "resnet44-014dd654.th": "014dd6541728a1c700b1642ab640e211dc6eb8ed507d70697458dc8f8a0ae2e4",
+    "resnet56-4bfd9763.th": "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367",
+    "efficientnet-lite0-57934424.pth": (
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+    ),
+    "efficientnet-lite1-77cc7160.pth": (
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"
+    ),
+    "efficientnet-lite2-9656183e.pth": (
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"
+    ),
+}
+
+
+def check_known_file(path: str) -> None:
+    """Checks the sha256 of `path` when its file name is in `KNOWN_SHA256` (else nothing).
+
+    Raises:
+      ValueError: naming the file, its sha256 and the expected one, when they differ.
+    """
+    expected = KNOWN_SHA256.get(os.path.basename(path))
+    if expected is None:
+        return
+    found = sha256_file(path)
+    if found != expected:
+        raise ValueError(
+            f"weights file {path!r} has sha256 {found}, expected {expected} for "
+            f"{os.path.basename(path)} (corrupt or a different file under a known name)"
+        )

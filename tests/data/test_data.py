@@ -7,12 +7,11 @@ import os
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from entry_point import run_module
+from entry_point import SHARED_TFDS, run_module
 
 from benchmarks.data import datasets
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-SHARED_TFDS = os.path.join(SHARED, "tfds")
+SHARED = os.path.dirname(SHARED_TFDS)
 needs_shared = pytest.mark.skipif(
     not os.path.isdir(SHARED_TFDS), reason="../shared/data is not present"
 )

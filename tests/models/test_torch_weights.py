@@ -290,7 +290,7 @@ def test_known_file_name_with_wrong_sha256_is_refused(tmp_path):
     path.write_bytes(b"not the published file")
     with pytest.raises(ValueError, match="has sha256 .* expected 12fca82f0beb"):
         torch_weights.load_torch_weights("resnet20", str(path), _model())
-    torch_weights.check_known_file(str(tmp_path))  # unknown names are not checked
+    torch_checkpoint.check_known_file(str(tmp_path))  # unknown names are not checked
 
 
 def test_classifiers_torch_weights_errors(tmp_path):

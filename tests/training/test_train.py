@@ -10,42 +10,23 @@ import sys
 import textwrap
 import time
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from entry_point import ROOT
+from tiny_net import TinyNet
 
 from benchmarks.data import augment
+from benchmarks.training.checkpoint import restore_variables
 from benchmarks.training.train import (
     TrainConfig,
     batch_indices,
     evaluate_accuracy,
     make_optimizer,
     make_schedule,
-    restore_variables,
     steps_for_epochs,
     train,
 )
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class TinyNet(nn.Module):
-    """Same interface as the project's models: (logits [N, K], {stage: feature map}).
-
-    Flattens (no global pooling) so that the position-coded classes of quadrant_data are learnable.
-    """
-
-    batch_norm: bool = True
-    num_classes: int = 4
-
-    @nn.compact
-    def __call__(self, x, train=False):
-        h = nn.Conv(8, (3, 3), strides=2)(x)
-        if self.batch_norm:
-            h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
-        h = nn.relu(h)
-        return nn.Dense(self.num_classes)(h.reshape(h.shape[0], -1)), {"stage1": h}
 
 
 def quadrant_data(n=200, size=8, seed=0):
@@ -406,6 +387,34 @@ def test_restore_variables_loads_the_trained_model(tmp_path, reference, name, in
         restore_variables(str(tmp_path / "missing"), model, input_shape)
 
 
+def test_restoring_needs_no_optax(reference):
+    """Evaluating a trained model reads its variables without importing optax."""
+    _, _, workdir, result = reference("bn-crop")
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = f"""
+        import sys
+        sys.modules["optax"] = None  # any import of optax now fails
+        sys.path.insert(0, {here!r})
+        import jax, numpy as np
+        from benchmarks.inference import classifiers
+        from benchmarks.training import checkpoint
+        from tiny_net import TinyNet
+        variables = checkpoint.restore_variables({workdir!r}, TinyNet(True), (8, 8, 1))
+        print(sum(float(np.abs(x).sum()) for x in jax.tree.leaves(variables)))
+        """
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    want = sum(float(np.abs(x).sum()) for x in jax.tree.leaves(result.variables))
+    assert float(out.stdout.strip().splitlines()[-1]) == pytest.approx(want, rel=1e-6)
+
+
 def test_resume_with_other_config_is_refused(reference):
     model, config, workdir, _ = reference("nobn-embed")
     other = dataclasses.replace(config, learning_rate=0.01)
@@ -466,7 +475,7 @@ def start_python(script, log_path, **env):
     with open(log_path, "w") as log:
         return subprocess.Popen(
             [sys.executable, "-c", prefix + textwrap.dedent(script)],
-            cwd=REPO,
+            cwd=ROOT,
             env=dict(os.environ, JAX_PLATFORMS="cpu", **env),
             stdout=subprocess.PIPE,
             stderr=log,

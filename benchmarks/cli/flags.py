@@ -272,7 +272,7 @@ def run_main(main: Callable[[], None]) -> None:
     Starts XLA with the package's CPU settings (`configure_xla_cpu`, before any JAX
     computation); refuses positional arguments; checks --output_dir (when the entry point has
     one) before any compute; prints a FlagError, DataError or ProtocolError as one line
-    naming the flag, exit 2. orbax's INFO logs are dropped (its warnings and errors stay), so
+    naming the flag, exit 2; on Ctrl-C prints one line saying what was saved, exit 130. orbax's INFO logs are dropped (its warnings and errors stay), so
     that progress shows.
     """
     configure_xla_cpu()
@@ -288,5 +288,13 @@ def run_main(main: Callable[[], None]) -> None:
         except (FlagError, datasets.DataError, protocols.ProtocolError) as e:
             print(f"error: {flag_message(str(e))}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            where = f" under --output_dir={FLAGS.output_dir}" if "output_dir" in FLAGS else ""
+            print(
+                f"interrupted: finished work (evaluated batches, training checkpoints, finished "
+                f"runs) is saved{where}; the same command resumes after it.",
+                file=sys.stderr,
+            )
+            sys.exit(130)
 
     app.run(guarded)

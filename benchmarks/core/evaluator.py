@@ -52,6 +52,8 @@ __all__ = [
 
 BATCH_AXIS = "batch"
 DEFAULT_MEMORY_BUDGET_MB = 8  # activations that stay in this CPU's caches (WORKSPACE_NOTES.md)
+OUTPUTS = ("logits", "probabilities")
+RANGE_TOLERANCE = 1e-3  # float images may overshoot [0, 1] by this much (resampling rounding)
 Batches = Iterable[tuple[np.ndarray, np.ndarray]]
 
 
@@ -76,6 +78,11 @@ class EvalConfig:
       worst_of_k: seeded random sweep entries per image for the worst-of-k accuracy.
       num_curves: images whose true-class probability curve is kept (Azulay Fig. 1).
       seed: seed of the per-image draws.
+      outputs: what `apply_fn` returns: 'logits' (softmax taken here; rows that all look
+        like probabilities are refused, since a softmax of probabilities is a wrong number)
+        or 'probabilities' (used as they are, renormalised).
+      convert_uint8: accept uint8 images in 0..255 (divided by 255); without it they are
+        refused, as are float images outside [0, 1].
     """
 
     batch_size: int = option(64, "Global batch size (divisible by the number of devices).", lower=1)
@@ -107,11 +114,15 @@ class EvalConfig:
     worst_of_k: int = option(10, "Random sweep entries per image for worst-of-k accuracy.", lower=1)
     num_curves: int = dataclasses.field(default=8)
     seed: int = option(0, "Seed of per-image random draws (and of training and init).")
+    outputs: str = dataclasses.field(default="logits")
+    convert_uint8: bool = dataclasses.field(default=False)
 
     def __post_init__(self):
         options.check(self)
         if self.num_curves < 0:
             raise ValueError(f"num_curves={self.num_curves} must be >= 0.")
+        if self.outputs not in OUTPUTS:
+            raise ValueError(f"outputs={self.outputs!r} is not one of: {', '.join(OUTPUTS)}.")
 
 
 @dataclasses.dataclass
@@ -215,7 +226,9 @@ class Evaluator:
         # otherwise be a cross-host transfer on a multi-process mesh.
         self._variables = jax.device_put(jax.device_get(variables), NamedSharding(self.mesh, P()))
         self._data_sharding = NamedSharding(self.mesh, P(BATCH_AXIS))
-        settings = StepSettings(config.seed, config.num_pairs, config.worst_of_k, config.num_curves)
+        settings = StepSettings(
+            config.seed, config.num_pairs, config.worst_of_k, config.num_curves, config.outputs
+        )
         self._step = batch_step(
             apply_fn, variables is not None, protocol.transform, self.mesh, settings
         )
@@ -320,7 +333,8 @@ class Evaluator:
             padded and masked); or a function `start_batch -> iterable` starting at that
             batch, so a resumed run does not read the batches it already evaluated.
           state_path: when given (local or gs://), the running sums are saved there every
-            `save_every` batches and at the end; a run that finds a state of the same identity
+            `save_every` batches, at the end and when interrupted (KeyboardInterrupt); a run
+            that finds a state of the same identity
             resumes after its last batch, one that finds another identity starts afresh (and
             logs what differs).
           identity: what else determines the numbers (model, data, protocol options): stored
@@ -342,7 +356,12 @@ class Evaluator:
             batches = batches(state.num_batches)
         else:
             batches = itertools.islice(batches, state.num_batches, None)
-        self._loop(batches, state, state_path, save_every, total_batches, progress_every)
+        try:
+            self._loop(batches, state, state_path, save_every, total_batches, progress_every)
+        except KeyboardInterrupt:  # keep every batch summed so far: a rerun resumes after it
+            if state_path:
+                eval_state.save(state_path, state)
+            raise
         if state_path:
             eval_state.save(state_path, state)
         return self._finalise(state, time.perf_counter() - start_time)
@@ -356,8 +375,8 @@ class Evaluator:
         pending = None
         staged = {}  # chunk size -> the sweep on the device, staged once per sweep
         start_time = time.perf_counter()
-        for b, (images, lab) in enumerate(batches, start=start):
-            images = np.asarray(images, np.float32)
+        for b, batch in enumerate(batches, start=start):
+            images, lab = self._checked_batch(batch, b)
             chunk, per_call = self.call_sizes(images.shape[1:])
             if chunk not in staged:
                 # device_put stages data without compiling anything (jnp.asarray compiles a
@@ -403,6 +422,50 @@ class Evaluator:
         if pending is not None:
             self._collect(state, *pending, state_path, save_every)
 
+    def _checked_batch(self, batch: Any, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """(images float32 [n, H, W, C] in [0, 1], labels int32 [n]) of batch b, checked
+        against the protocol before any compute.
+
+        Raises:
+          ValueError: not an (images, labels) pair; images not [n, *input_shape]; labels not
+            n integers; uint8 images without `convert_uint8`; values outside [0, 1].
+        """
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ValueError(
+                f"batches must yield (images [n, H, W, C], labels [n]) pairs; batch {b} is a "
+                f"{type(batch).__name__}."
+            )
+        images, labels = np.asarray(batch[0]), np.asarray(batch[1])
+        want = tuple(self.protocol.input_shape)
+        if images.ndim != 4 or images.shape[1:] != want:
+            raise ValueError(
+                f"images of batch {b} have shape {images.shape}; protocol {self.protocol.name!r} "
+                f"takes images [n, {', '.join(map(str, want))}] (input_shape={want}): resize "
+                "them, or build the protocol for their shape."
+            )
+        if labels.shape != (len(images),) or labels.dtype.kind not in "iu":
+            raise ValueError(
+                f"labels of batch {b} must be {len(images)} integers [n], got {labels.dtype} "
+                f"{labels.shape}."
+            )
+        if images.dtype == np.uint8:
+            if not self.config.convert_uint8:
+                raise ValueError(
+                    f"images of batch {b} are uint8; the protocols take float images in [0, 1] "
+                    "(divide by 255, or pass EvalConfig(convert_uint8=True))."
+                )
+            images = images.astype(np.float32) / 255.0
+        elif images.dtype.kind != "f":
+            raise ValueError(f"images of batch {b} are {images.dtype}; give float32 in [0, 1].")
+        images = images.astype(np.float32)
+        low, high = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+        if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+            raise ValueError(
+                f"images of batch {b} hold values in [{low:g}, {high:g}]; the protocols take "
+                "images in [0, 1] (their fills and interpolation assume it)."
+            )
+        return images, labels
+
     def _global_batch(self, images: np.ndarray, labels: np.ndarray, start: int):
         """Pads this host's slice to batch_size / process_count and forms global arrays."""
         local = self.batch_size // jax.process_count()
@@ -426,6 +489,12 @@ class Evaluator:
                 f"image(s) of batch {b} (images {b * self.batch_size}.."
                 f"{(b + 1) * self.batch_size - 1})."
             )
+        if self.config.outputs == "logits" and int(out["prob_like_images"]) == int(out["count"]):
+            raise ValueError(
+                "the classifier's outputs look like probabilities (every row non-negative and "
+                "summing to 1), and the evaluator takes a softmax of them: return logits, or "
+                "pass EvalConfig(outputs='probabilities')."
+            )
         keep = np.asarray(out["curve_valid"], bool)
         n = self.config.num_curves
         new = np.asarray(out["curves"])[:, keep]
@@ -433,7 +502,8 @@ class Evaluator:
         state.curves = np.concatenate([old, new], axis=1)[:, :n]
         labels = np.asarray(out["curve_labels"])[keep]
         state.curve_labels = np.concatenate([state.curve_labels, labels])[:n]
-        summed = {k: v for k, v in out.items() if not k.startswith("curve") and k != "bad_images"}
+        per_batch = ("bad_images", "prob_like_images")
+        summed = {k: v for k, v in out.items() if not k.startswith("curve") and k not in per_batch}
         state.totals = (
             summed if state.totals is None else jax.tree.map(np.add, state.totals, summed)
         )

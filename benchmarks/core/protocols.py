@@ -242,7 +242,16 @@ def _build_crop(o: ProtocolConfig, shape) -> Protocol:
     h, _, c = shape
     padded = h + 2 * o.crop_padding
     span = o.max_shift - o.min_shift
-    size = o.crop_size or padded - span
+    if o.crop_size is None and o.crop_padding and 2 * o.crop_padding < span:
+        # With padding the windows default to the image size: never silently smaller.
+        raise ProtocolError(
+            f"max_shift={o.max_shift}/min_shift={o.min_shift}: shifts over {span} px need "
+            f"{span} px of slack, and crop_padding={o.crop_padding} leaves {2 * o.crop_padding} "
+            f"around a {h} px window. Fits: shifts over at most {2 * o.crop_padding} px "
+            f"(max_shift <= {o.crop_padding} with the default min_shift), crop_padding >= "
+            f"{-(-span // 2)}, or smaller windows given explicitly (crop_size={padded - span})."
+        )
+    size = o.crop_size or (h if o.crop_padding else padded - span)
     slack = padded - size
     if size < 1 or slack < span:
         raise ProtocolError(
@@ -253,7 +262,8 @@ def _build_crop(o: ProtocolConfig, shape) -> Protocol:
     # The window's top-left corner (in the padded image) is base - d: content moves by +d.
     base = o.max_shift + (slack - span) // 2
     fn = _bound(_crop, out_size=(size, size), base=base, padding=o.crop_padding)
-    return _shift_protocol("crop", o, fn, (size, size, c), shape)
+    resolved = dataclasses.replace(o, crop_size=size)  # recorded: the window actually used
+    return _shift_protocol("crop", resolved, fn, (size, size, c), shape)
 
 
 def _build_embed(name: str, o: ProtocolConfig, shape) -> Protocol:
@@ -263,6 +273,7 @@ def _build_embed(name: str, o: ProtocolConfig, shape) -> Protocol:
     if small > canvas:
         raise ProtocolError(f"embed_size={small} exceeds canvas_size={canvas}.")
     centre = (canvas - small) // 2
+    o = dataclasses.replace(o, canvas_size=canvas, embed_size=small)  # recorded as used
     if centre + o.min_shift < 0 or centre + o.max_shift + small > canvas:
         raise ProtocolError(
             f"max_shift={o.max_shift}/min_shift={o.min_shift}: a {small} px image at the "

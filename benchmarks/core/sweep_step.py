@@ -137,6 +137,7 @@ class StepSettings:
     num_pairs: int
     worst_of_k: int
     num_curves: int
+    outputs: str = "logits"  # or "probabilities": the classifier's rows are used as they are
 
 
 class BatchStep:
@@ -190,7 +191,9 @@ class BatchStep:
     def _probs(
         self, variables, images: Array, params: Array, num_params: int, chunk: int, per_call: int
     ) -> tuple[Array, Array]:
-        """Softmax probabilities [T, B, K] and a per-image finiteness flag [B]."""
+        """Probabilities [T, B, K] (softmax of logits, or the classifier's probability rows
+        renormalised), a per-image finiteness flag [B] and a per-image flag [B]: every row of
+        the image looked like probabilities (non-negative, summing to 1)."""
         chunks = params.reshape(-1, chunk, params.shape[-1])  # [T_pad / c, c, P]
         per_image = jax.vmap(self.transform, in_axes=(None, 0))  # one image, c params
         groups = images.shape[0] // per_call
@@ -210,11 +213,17 @@ class BatchStep:
                 logits = jnp.swapaxes(logits, 0, 1).reshape(-1, *logits.shape[2:])
             logits = logits.astype(jnp.float32)
             finite = jnp.all(jnp.isfinite(logits), axis=(1, 2))
-            return jnp.swapaxes(jax.nn.softmax(logits, axis=-1), 0, 1), finite
+            sums = jnp.sum(logits, axis=-1)
+            prob_like = jnp.all((logits >= 0).all(-1) & (jnp.abs(sums - 1) < 1e-3), axis=1)
+            if self.settings.outputs == "probabilities":
+                probs = jnp.maximum(logits, 0) / jnp.maximum(sums, 1e-30)[..., None]
+            else:
+                probs = jax.nn.softmax(logits, axis=-1)
+            return jnp.swapaxes(probs, 0, 1), (finite, prob_like)
 
-        probs, finite = jax.lax.map(one_chunk, chunks)  # [n, c, B, K], [n, B]
+        probs, (finite, prob_like) = jax.lax.map(one_chunk, chunks)  # [n, c, B, K], [n, B]
         probs = probs.reshape(-1, *probs.shape[2:])[:num_params]
-        return probs, jnp.all(finite, axis=0)
+        return probs, jnp.all(finite, axis=0), jnp.all(prob_like, axis=0)
 
     def batch_sums(
         self,
@@ -249,7 +258,7 @@ class BatchStep:
         """
         self.trace_count += 1  # runs once per trace
         cfg = self.settings
-        probs, finite = self._probs(
+        probs, finite, prob_like = self._probs(
             variables, images, params, num_params, chunk_size, images_per_call
         )
         if sweep_index is not None:
@@ -289,6 +298,7 @@ class BatchStep:
             "curve_labels": labels[:n],
             "curve_valid": valid[:n],
             "bad_images": jnp.sum((~finite) & valid),
+            "prob_like_images": jnp.sum(prob_like & valid),
         }
 
 

@@ -24,7 +24,11 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
+#include <exception>
 #include <memory>
+#include <new>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -204,16 +208,36 @@ struct Job {
   int64_t total;
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
+  std::atomic<bool> failed{false};
+  char error[256] = {};  // the first failure's message, read once every row is done
+
+  void Fail(const char* what) noexcept {
+    bool first = false;
+    if (failed.compare_exchange_strong(first, true)) {
+      std::snprintf(error, sizeof(error), "%s", what);
+    }
+  }
 };
 
-// Takes output rows until none is left. Safe to run after the handler returned (a late task
+// Takes output rows until none is left; throws nothing (it runs on XLA's pool threads, where an
+// exception would terminate the process). A row that throws (std::bad_alloc, std::length_error
+// of its buffer) fails the job; the rows after it are skipped. Every row taken counts as done,
+// so the caller's wait ends either way. Safe to run after the handler returned (a late task
 // finds no row left and touches no buffer).
-void Work(const std::shared_ptr<Job>& job) {
+void Work(const std::shared_ptr<Job>& job) noexcept {
   std::vector<float> buffer;
   for (;;) {
     const int64_t i = job->next.fetch_add(1, std::memory_order_relaxed);
     if (i >= job->total) return;
-    OutputRow(i, job->g, job->row_fn, job->x, job->w, job->bias, job->res, job->y, buffer);
+    if (!job->failed.load(std::memory_order_relaxed)) {
+      try {
+        OutputRow(i, job->g, job->row_fn, job->x, job->w, job->bias, job->res, job->y, buffer);
+      } catch (const std::exception& e) {
+        job->Fail(e.what());
+      } catch (...) {
+        job->Fail("unknown exception");
+      }
+    }
     job->done.fetch_add(1, std::memory_order_release);
   }
 }
@@ -223,9 +247,6 @@ ffi::Error Run(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi:
                ffi::Buffer<ffi::F32>& bias, ffi::Buffer<ffi::F32>* res,
                ffi::ResultBuffer<ffi::F32>& y, int64_t stride, int64_t dilation, int64_t pad_top,
                int64_t pad_left, bool relu, bool circular) {
-  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("fma")) {
-    return ffi::Error::InvalidArgument("shiftbench_conv2d: this CPU has no AVX-512F / FMA");
-  }
   const auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
   if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || bias.dimensions().size() != 1) {
     return ffi::Error::InvalidArgument("shiftbench_conv2d: expects x, w, y of rank 4, bias 1");
@@ -237,6 +258,10 @@ ffi::Error Run(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi:
       pad_left < 0) {
     return ffi::Error::InvalidArgument("shiftbench_conv2d: unsupported shapes or attributes");
   }
+  if (g.kh < 1 || g.kw < 1) {  // kw = 0 would make the padded row width negative
+    return ffi::Error::InvalidArgument("shiftbench_conv2d: w must be at least 1x1, got " +
+                                       std::to_string(g.kh) + "x" + std::to_string(g.kw));
+  }
   if (circular && (g.h == 0 || g.w == 0)) {
     return ffi::Error::InvalidArgument("shiftbench_conv2d: circular padding of an empty map");
   }
@@ -246,9 +271,13 @@ ffi::Error Run(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi:
       return ffi::Error::InvalidArgument("shiftbench_conv2d: the residual must have y's shape");
     }
   }
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("fma")) {
+    return ffi::Error::InvalidArgument("shiftbench_conv2d: this CPU has no AVX-512F / FMA");
+  }
   const int64_t pixels = g.n * g.oh * g.ow;
+  if (pixels == 0) return ffi::Error::Success();
   if (g.kh == 1 && g.kw == 1 && stride == 1 && pad_top == 0 && pad_left == 0 && g.oh == g.h &&
-      g.ow == g.w && pixels > 0) {
+      g.ow == g.w) {
     // Pointwise: every pixel is independent, so all images are one flat map of kFlatRow-pixel
     // rows (the last one shorter), whatever the map's own width (7 px rows waste tiles).
     g.n = 1;
@@ -268,26 +297,48 @@ ffi::Error Run(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi:
   job->res = res == nullptr ? nullptr : res->typed_data();
   job->y = y->typed_data();
   job->total = g.n * g.oh;
-  if (job->total == 0 || g.ow == 0) return ffi::Error::Success();
   const int64_t helpers = std::min<int64_t>(pool.num_threads(), job->total) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { Work(job); });
+  try {
+    for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { Work(job); });
+  } catch (const std::bad_alloc&) {  // no memory for another task: this thread does the rest
+  }
   Work(job);
   while (job->done.load(std::memory_order_acquire) < job->total) std::this_thread::yield();
+  if (job->failed.load(std::memory_order_relaxed)) {
+    return ffi::Error::Internal(std::string("shiftbench_conv2d: ") + job->error);
+  }
   return ffi::Error::Success();
+}
+
+// Run, with any exception it throws (before its work is scheduled) as an error: XLA calls the
+// handlers through a C interface, which an exception must not cross.
+template <typename F>
+ffi::Error Guarded(F run) noexcept {
+  try {
+    return run();
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("shiftbench_conv2d: ") + e.what());
+  } catch (...) {
+    return ffi::Error::Internal("shiftbench_conv2d: unknown exception");
+  }
 }
 
 ffi::Error Conv2d(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                   ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y, int64_t stride,
                   int64_t dilation, int64_t pad_top, int64_t pad_left, bool relu,
                   bool circular) {
-  return Run(pool, x, w, bias, nullptr, y, stride, dilation, pad_top, pad_left, relu, circular);
+  return Guarded([&] {
+    return Run(pool, x, w, bias, nullptr, y, stride, dilation, pad_top, pad_left, relu, circular);
+  });
 }
 
 ffi::Error Conv2dResidual(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                           ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> res,
                           ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t dilation,
                           int64_t pad_top, int64_t pad_left, bool relu, bool circular) {
-  return Run(pool, x, w, bias, &res, y, stride, dilation, pad_top, pad_left, relu, circular);
+  return Guarded([&] {
+    return Run(pool, x, w, bias, &res, y, stride, dilation, pad_top, pad_left, relu, circular);
+  });
 }
 
 }  // namespace

@@ -14,11 +14,11 @@ output rows on XLA's intra-op thread pool.
 computes `lax.conv_general_dilated` (NHWC, HWIO, zero padding) + bias, float32, the same
 sums in another order (within float rounding, tested against XLA's convolution).
 
-The kernel is compiled with g++ against `jax.ffi.include_dir()` at its first use in a process
-and cached under ~/.cache/shiftbench (or $XDG_CACHE_HOME/shiftbench), keyed by the source, the
-compiler flags and the jaxlib version. Where it cannot run (not x86-64 with AVX-512F and FMA,
-no g++, a failed build, SHIFTBENCH_CPU_CONV=0 in the environment), `available()` is False and
-`conv2d` computes the same function with XLA's convolution. On other platforms (GPU, TPU)
+The kernel is compiled with g++ at its first use in a process and cached under
+~/.cache/shiftbench (`benchmarks.kernels.build`, which loads it only from a cache that no other
+user can write). Where it cannot run (not x86-64 with AVX-512F and FMA, no g++, a failed build,
+SHIFTBENCH_CPU_CONV=0 in the environment), `available()` is False and `conv2d` computes the
+same function with XLA's convolution. On other platforms (GPU, TPU)
 `conv2d` always lowers to XLA's convolution (`lax.platform_dependent`).
 
 The custom call is wrapped in `custom_partitioning`: under `jit` with the batch axis sharded
@@ -29,14 +29,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
 import platform
-import shlex
-import shutil
-import subprocess
-import tempfile
-from importlib import metadata
 from pathlib import Path
 
 import jax
@@ -50,16 +44,16 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
+from benchmarks.kernels import build
 from models.layers.subsampling import Pads, padded_conv2d
 
 TARGET = "shiftbench_conv2d"
 TARGET_RESIDUAL = "shiftbench_conv2d_residual"
+SYMBOLS = {TARGET: "ShiftbenchConv2d", TARGET_RESIDUAL: "ShiftbenchConv2dResidual"}  # in the .cc
 PADDING_MODES = ("zero", "circular")
 LANES = 16  # output channels per AVX-512 register: Cout must be a multiple of it
 MAX_KERNEL_ROWS = 16  # kernel heights the .cc handles (row pointers on its stack)
 OPT_OUT_ENV = "SHIFTBENCH_CPU_CONV"
-SOURCE = Path(__file__).with_name("cpu_conv.cc")
-CXX_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC")
 
 
 def enabled() -> bool:
@@ -82,50 +76,15 @@ def cpu_supported() -> bool:
     return "avx512f" in flags and "fma" in flags
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "shiftbench"
-
-
-def _library_path(compiler: str) -> Path:
-    """Where the built kernel lives: keyed by source, compiler, flags and jaxlib version."""
-    key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
-    key.update(" ".join((compiler, *CXX_FLAGS, metadata.version("jaxlib"))).encode())
-    return _cache_dir() / f"cpu_conv-{key.hexdigest()[:16]}.so"
-
-
-def build() -> Path:
-    """Compiles `cpu_conv.cc` (unless its cached build exists) and returns the library path.
+def _register(library: ctypes.CDLL) -> None:
+    """Registers the library's handlers as XLA CPU custom-call targets (TARGET, TARGET_RESIDUAL).
 
     Raises:
-      RuntimeError: no C++ compiler ($CXX or g++) or the compilation failed (with its output).
+      AttributeError: the library lacks one of SYMBOLS (then none is registered).
     """
-    compiler = os.environ.get("CXX") or shutil.which("g++")
-    if not compiler:
-        raise RuntimeError("no C++ compiler: set CXX or install g++")
-    path = _library_path(compiler)
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Built under a temporary name and renamed: concurrent processes never load half a file.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-    os.close(fd)
-    cmd = [*shlex.split(compiler), *CXX_FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE)]
-    try:
-        done = subprocess.run([*cmd, "-o", tmp], capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o755 & ~umask)  # mkstemp made it private; the cache may be shared
-        os.replace(tmp, path)
-    except OSError as e:  # the compiler could not be started
-        raise RuntimeError(f"{' '.join(cmd)} failed: {e}") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    handlers = {target: jax.ffi.pycapsule(getattr(library, sym)) for target, sym in SYMBOLS.items()}
+    for target, handler in handlers.items():
+        jax.ffi.register_ffi_target(target, handler, "cpu")
 
 
 @functools.cache
@@ -137,15 +96,10 @@ def available() -> bool:
     if not enabled() or not cpu_supported():
         return False
     try:
-        library = ctypes.cdll.LoadLibrary(str(build()))
-    except (RuntimeError, OSError, AttributeError) as e:
+        _register(build.load())
+    except (RuntimeError, OSError, AttributeError) as e:  # AttributeError: not our library
         logging.warning("cpu_conv: using XLA's convolution instead of the kernel: %s", e)
         return False
-    for target, symbol in (
-        (TARGET, "ShiftbenchConv2d"),
-        (TARGET_RESIDUAL, "ShiftbenchConv2dResidual"),
-    ):
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), "cpu")
     return True
 
 
@@ -156,7 +110,8 @@ def in_use() -> bool:
 
 def supports(x: ArrayLike, kernel: ArrayLike) -> bool:
     """Whether the kernel computes this convolution: float32 x [N, H, W, Cin] and kernel
-    [kh, kw, Cin, Cout] with Cout a multiple of 16 and kh <= 16 (no feature groups)."""
+    [kh, kw, Cin, Cout] with Cout a multiple of 16, 1 <= kh <= 16 and kw >= 1 (no feature
+    groups)."""
     x, kernel = jnp.asarray(x), jnp.asarray(kernel)
     return (
         x.ndim == 4
@@ -165,16 +120,18 @@ def supports(x: ArrayLike, kernel: ArrayLike) -> bool:
         and kernel.dtype == jnp.float32
         and kernel.shape[2] == x.shape[3]
         and kernel.shape[3] % LANES == 0
-        and kernel.shape[0] <= MAX_KERNEL_ROWS
+        and 1 <= kernel.shape[0] <= MAX_KERNEL_ROWS
+        and kernel.shape[1] >= 1
     )
 
 
 def _output_shape(x_shape, kernel_shape, stride: int, dilation: int, pads: Pads):
-    """[N, oh, ow, Cout] of the convolution of x [N, H, W, Cin] with kernel [kh, kw, Cin, Cout]."""
+    """[N, oh, ow, Cout] of the convolution of x [N, H, W, Cin] with kernel [kh, kw, Cin, Cout],
+    as lax's: 0 rows (columns) where the padded map is smaller than the dilated kernel."""
     n, h, w, _ = x_shape
     kh, kw, _, cout = kernel_shape
     oh, ow = (
-        (size + lo + hi - dilation * (k - 1) - 1) // stride + 1
+        max(0, (size + lo + hi - dilation * (k - 1) - 1) // stride + 1)
         for size, (lo, hi), k in ((h, pads[0], kh), (w, pads[1], kw))
     )
     return (n, oh, ow, cout)
@@ -326,7 +283,7 @@ def conv2d(
 
     Args:
       x: [N, H, W, Cin] float32.
-      kernel: [kh, kw, Cin, Cout] float32 (HWIO).
+      kernel: [kh, kw, Cin, Cout] float32 (HWIO), kh and kw >= 1.
       bias: [Cout], added to every output pixel.
       stride, dilation: of the convolution (ints >= 1).
       pads: ((top, bottom), (left, right)) rows and columns of padding, each >= 0.
@@ -338,7 +295,8 @@ def conv2d(
 
     Returns:
       [N, oh, ow, Cout], oh = (H + top + bottom - dilation (kh - 1) - 1) // stride + 1 (ow
-      likewise): `lax.conv_general_dilated(x, kernel, stride, pads, rhs_dilation)` + bias
+      likewise; 0 where that is negative, a map smaller than the kernel):
+      `lax.conv_general_dilated(x, kernel, stride, pads, rhs_dilation)` + bias
       (+ residual), then max(., 0) with `relu`.
       Computed by the kernel on CPU when `available()` and `supports(x, kernel)`, otherwise
       (and on every other platform) by XLA's convolution.
@@ -346,6 +304,10 @@ def conv2d(
     x, kernel = jnp.asarray(x), jnp.asarray(kernel)
     bias = jnp.broadcast_to(jnp.asarray(bias, x.dtype), kernel.shape[-1:])
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+    if kernel.ndim != 4 or min(kernel.shape[:2]) < 1:
+        raise ValueError(
+            f"kernel must be [kh, kw, Cin, Cout] with kh, kw >= 1, got {list(kernel.shape)}"
+        )
     if any(p < 0 for pair in pads for p in pair):
         raise ValueError(f"pads must be >= 0, got {pads}")
     if padding_mode not in PADDING_MODES:

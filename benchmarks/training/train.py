@@ -28,12 +28,14 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 from benchmarks.core import run_identity
 from benchmarks.data.augment import AUGMENTATIONS, augment_batch
+from benchmarks.training import batches
+from benchmarks.training.batches import batch_indices
 from benchmarks.training.checkpoint import checkpoint_dir, load_meta, load_state
+from benchmarks.training.optimizer import make_optimizer
 from models.layers.subsampling import is_int
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
@@ -178,107 +180,6 @@ def steps_for_epochs(epochs: float, num_examples: int, batch_size: int) -> int:
     return math.ceil(epochs * num_examples / batch_size)
 
 
-def make_schedule(config: TrainConfig) -> optax.Schedule:
-    """The learning-rate schedule of `config`: step (int) -> learning rate."""
-    if config.schedule == "constant":
-        return optax.constant_schedule(config.learning_rate)
-    if config.schedule == "cosine":
-        return optax.cosine_decay_schedule(config.learning_rate, config.num_steps)
-    return optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, config.warmup_steps, config.num_steps
-    )
-
-
-def _kernels_only(params: Any) -> Any:
-    """Weight-decay mask: True for arrays with ndim > 1 (conv and dense kernels)."""
-    return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
-
-
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """The optax optimizer of `config` (optimizer, schedule, weight decay on kernels)."""
-    lr = make_schedule(config)
-    if config.optimizer == "adamw":
-        return optax.adamw(lr, weight_decay=config.weight_decay, mask=_kernels_only)
-    if config.optimizer == "adam":
-        base = optax.adam(lr)
-    else:
-        base = optax.sgd(lr, momentum=config.momentum if config.optimizer == "momentum" else None)
-    if config.weight_decay == 0:
-        return base
-    return optax.chain(optax.add_decayed_weights(config.weight_decay, mask=_kernels_only), base)
-
-
-@functools.lru_cache(maxsize=1)
-def _epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
-    """A permutation of range(num_examples) for one epoch, int [num_examples]."""
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 1), epoch)
-    return np.asarray(jax.random.permutation(key, num_examples))
-
-
-def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> np.ndarray:
-    """Example indices of batch `step`, a pure function of its arguments.
-
-    Epoch e = step // (num_examples // batch_size) visits a seeded random permutation of the
-    examples in consecutive batch_size chunks (the num_examples % batch_size left over are skipped
-    that epoch), so within an epoch no example repeats.
-
-    Returns:
-      int [batch_size], values in [0, num_examples).
-    """
-    if not 1 <= batch_size <= num_examples:
-        raise ValueError(
-            f"batch_size must be in [1, num_examples={num_examples}], got {batch_size!r}."
-        )
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step!r}.")
-    epoch, position = divmod(step, num_examples // batch_size)
-    return _epoch_order(seed, epoch, num_examples)[
-        position * batch_size : (position + 1) * batch_size
-    ]
-
-
-def _check_data(
-    images: ArrayLike, labels: ArrayLike, config: TrainConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """Validates the training arrays; returns float32 [N,H,W,C] and int32 [N] numpy arrays."""
-    images, labels = np.asarray(images), np.asarray(labels)
-    if images.ndim != 4 or not np.issubdtype(images.dtype, np.floating):
-        raise ValueError(f"images must be float [N, H, W, C], got {images.dtype} {images.shape}.")
-    if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"labels must be int [N={images.shape[0]}], got {labels.dtype} {labels.shape}."
-        )
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"labels must be >= 0, got min {labels.min()}.")
-    if config.batch_size > len(labels):
-        raise ValueError(
-            f"TrainConfig.batch_size must be <= the number of examples {len(labels)}, "
-            f"got {config.batch_size}."
-        )
-    if config.augmentation == "embed" and config.canvas_size < max(images.shape[1:3]):
-        raise ValueError(
-            f"TrainConfig.canvas_size must be >= the image size "
-            f"{images.shape[1]}x{images.shape[2]}, got {config.canvas_size}."
-        )
-    return images.astype(np.float32, copy=False), labels.astype(np.int32, copy=False)
-
-
-def _shardings(
-    mesh: Mesh | None, batch_size: int
-) -> tuple[NamedSharding | None, NamedSharding | None]:
-    """(batch sharding over mesh axis 'batch', replicated sharding), or (None, None) without mesh."""
-    if mesh is None:
-        return None, None
-    if "batch" not in mesh.axis_names:
-        raise ValueError(f"mesh must have an axis named 'batch', got axes {mesh.axis_names}.")
-    if batch_size % mesh.shape["batch"]:
-        raise ValueError(
-            f"TrainConfig.batch_size={batch_size} must be a multiple of the mesh "
-            f"'batch' axis size {mesh.shape['batch']}."
-        )
-    return NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
-
-
 @functools.lru_cache(maxsize=4)
 def _train_step(
     model: nn.Module, config: TrainConfig, replicated: NamedSharding | None
@@ -359,22 +260,6 @@ def _state_fn(model: nn.Module, config: TrainConfig, input_shape: tuple[int, ...
     return init
 
 
-def _device_batch(
-    images: np.ndarray, labels: np.ndarray, idx: np.ndarray, sharding: NamedSharding | None
-) -> tuple[jax.Array, jax.Array]:
-    """The batch images[idx], labels[idx] on the devices: split over `sharding`'s batch axis,
-    each process gathering and copying only the rows of its own devices; or on the default
-    device without a sharding."""
-    if sharding is None:
-        return jax.device_put((images[idx], labels[idx]))
-    return tuple(
-        jax.make_array_from_callback(
-            (len(idx), *a.shape[1:]), sharding, lambda index, a=a: a[idx[index[0]]]
-        )
-        for a in (images, labels)
-    )
-
-
 def _restore(
     manager: ocp.CheckpointManager,
     state: Any,
@@ -429,7 +314,7 @@ def _run_steps(
     wall_before, step_log = meta["wall_time_s"], start
     for step in range(start, config.num_steps):
         idx = batch_indices(config.seed, step, len(labels), config.batch_size)
-        state, loss = step_fn(state, *_device_batch(images, labels, idx, batch_sharding))
+        state, loss = step_fn(state, *batches.device_batch(images, labels, idx, batch_sharding))
         done = step + 1
         if done % config.log_every == 0 or done == config.num_steps:
             loss_value, now = float(loss), time.perf_counter()
@@ -504,8 +389,8 @@ def train(
         or identity.
     """
     identity = run_identity.jsonable(identity or {})
-    images, labels = _check_data(images, labels, config)
-    batch_sharding, replicated = _shardings(mesh, config.batch_size)
+    images, labels = batches.check_data(images, labels, config)
+    batch_sharding, replicated = batches.shardings(mesh, config.batch_size)
     canvas = (config.canvas_size, config.canvas_size) if config.augmentation == "embed" else None
     input_shape = (*(canvas or images.shape[1:3]), images.shape[3])
     state = _init_state(model, config, input_shape, replicated)

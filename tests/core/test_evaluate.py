@@ -380,3 +380,60 @@ def test_default_call_sizes_come_from_the_memory_budget():
     for name, value in explicit.metrics.items():
         np.testing.assert_allclose(res.metrics[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
     assert res.compile_count == 1
+
+
+# --- what the evaluator is handed is checked before it computes ------------------------------
+
+
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        (
+            (np.zeros((8, 10, 10, 1), np.float32), np.zeros(8, np.int32)),
+            r"input_shape=\(12, 12, 1\)",
+        ),
+        ((np.zeros((8, H, H, 1), np.uint8), np.zeros(8, np.int32)), "uint8"),
+        ((np.full((8, H, H, 1), 255.0, np.float32), np.zeros(8, np.int32)), r"\[255, 255\]"),
+        ((np.zeros((8, H, H, 1), np.float32), np.zeros(8, np.float32)), "integers"),
+        ((np.zeros((8, H, H, 1), np.float32),), "pairs"),
+    ],
+)
+def test_bad_batches_are_refused_before_any_compute(batch, message):
+    calls = []
+    ev = evaluator.Evaluator(
+        lambda x: calls.append(1) or jnp.zeros((x.shape[0], K)),
+        PROTO,
+        evaluator.EvalConfig(batch_size=8, chunk_size=5),
+    )
+    with pytest.raises(ValueError, match=message):
+        ev.run([batch])
+    assert not calls  # refused before tracing the classifier
+
+
+def test_uint8_images_are_converted_when_asked():
+    images, labels = _data(n=8)
+    w = _weights()
+    as_uint8 = np.round(images * 255).astype(np.uint8)
+    cfg = evaluator.EvalConfig(batch_size=8, chunk_size=5, convert_uint8=True)
+    got = evaluator.Evaluator(_apply, PROTO, cfg, variables=w).run([(as_uint8, labels)])
+    cfg = dataclasses.replace(cfg, convert_uint8=False)
+    want = evaluator.Evaluator(_apply, PROTO, cfg, variables=w).run(
+        [(as_uint8.astype(np.float32) / 255, labels)]
+    )
+    assert got.metrics == want.metrics
+
+
+def test_probabilities_are_refused_as_logits_and_taken_when_declared():
+    images, labels = _data(n=16)
+    w = _weights()
+    probs_fn = lambda v, x: jax.nn.softmax(_apply(v, x))  # noqa: E731
+    cfg = evaluator.EvalConfig(batch_size=8, chunk_size=5)
+    with pytest.raises(ValueError, match="look like probabilities"):
+        evaluator.Evaluator(probs_fn, PROTO, cfg, variables=w).run(_batches(images, labels, 8))
+    declared = dataclasses.replace(cfg, outputs="probabilities")
+    got = evaluator.Evaluator(probs_fn, PROTO, declared, variables=w).run(
+        _batches(images, labels, 8)
+    )
+    want = evaluator.Evaluator(_apply, PROTO, cfg, variables=w).run(_batches(images, labels, 8))
+    for name, value in want.metrics.items():
+        np.testing.assert_allclose(got.metrics[name], value, rtol=1e-5, atol=1e-6, err_msg=name)

@@ -167,3 +167,24 @@ def test_crop_padding_puts_the_unshifted_image_at_d_0():
 def test_options_a_protocol_does_not_use_are_refused(name, kwargs, flag):
     with pytest.raises(protocols.ProtocolError, match=rf"(?<![-\w]){flag}="):
         protocols.build(name, IMAGE.shape, **kwargs)
+
+
+def test_padded_crop_windows_never_shrink_silently():
+    # CIFAR's protocol: 32 px windows of the image padded by 4, shifts -4..4.
+    proto = protocols.build("crop", IMAGE.shape, crop_padding=4, max_shift=4)
+    assert proto.output_shape == IMAGE.shape and proto.options["crop_size"] == 32
+    narrower = protocols.build("crop", IMAGE.shape, crop_padding=4, max_shift=2)
+    assert narrower.output_shape == IMAGE.shape  # not 36 px windows
+    # Shifts -8..8 need 16 px of slack: refused, with what would fit.
+    with pytest.raises(protocols.ProtocolError, match=r"max_shift <= 4.*crop_padding >= 8.*24"):
+        protocols.build("crop", IMAGE.shape, crop_padding=4, max_shift=8)
+    explicit = protocols.build("crop", IMAGE.shape, crop_padding=4, max_shift=8, crop_size=24)
+    assert explicit.output_shape == (24, 24, 3) and explicit.options["crop_size"] == 24
+
+
+def test_options_record_the_sizes_actually_used():
+    crop = protocols.build("crop", IMAGE.shape, max_shift=4)  # Azulay's crop: 28 px windows
+    assert crop.options["crop_size"] == 28 and crop.options["min_shift"] == 0
+    embed = protocols.build("embed", IMAGE.shape, max_shift=2)
+    assert (embed.options["canvas_size"], embed.options["embed_size"]) == (32, 16)
+    assert embed.input_shape == IMAGE.shape

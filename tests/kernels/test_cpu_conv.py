@@ -1,11 +1,15 @@
-"""The direct CPU convolution kernel (benchmarks/kernels/cpu_conv.py, cpu_conv.cc): against XLA's
-convolution and a numpy loop, under jit / vmap / 8 sharded devices, its fallbacks, and the fast
-path's use of it (the same logits as the plain models in every padding and stride mode)."""
+"""The direct CPU convolution kernel (benchmarks/kernels/cpu_conv.py, cpu_conv.cc, build.py):
+against XLA's convolution and a numpy loop, under jit / vmap / 8 sharded devices, its errors, its
+build and cache (what it loads and what it refuses), its fallbacks, and the fast path's use of it
+(the same logits as the plain models in every padding and stride mode)."""
 
+import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import flax.linen as nn
 import jax
@@ -15,13 +19,14 @@ import pytest
 from jax import lax
 
 from benchmarks.inference import classifiers, fastpath
-from benchmarks.kernels import cpu_conv
+from benchmarks.kernels import build, cpu_conv
 from models import registry
 from models.layers import subsampling
 
 needs_kernel = pytest.mark.skipif(
     not cpu_conv.available(), reason="cpu_conv kernel unavailable (needs x86-64 AVX-512 and g++)"
 )
+needs_compiler = pytest.mark.skipif(not shutil.which("g++"), reason="needs g++")
 
 
 def _arrays(n, h, w, cin, cout, k, seed=0):
@@ -191,6 +196,27 @@ def test_unsupported_convolutions_and_bad_pads():
         cpu_conv.conv2d(x, kernel, bias, 1, 1, ((-1, 0), (0, 0)))
 
 
+@pytest.mark.parametrize("k", [(1, 0), (0, 3)])
+def test_a_kernel_without_taps_is_refused(k):
+    """lax cannot lower a zero-size window either; the kernel would read a negative row width."""
+    x, kernel = np.ones((4, 64, 1, 3), np.float32), np.ones((*k, 3, 16), np.float32)
+    assert not cpu_conv.supports(x, kernel)
+    with pytest.raises(ValueError, match=r"kernel must be .* kh, kw >= 1, got \[.*, 3, 16\]"):
+        cpu_conv.conv2d(x, kernel, 0.0, stride=10, dilation=2, pads=((0, 0), (1, 0)))
+
+
+@pytest.mark.parametrize(
+    "x_shape, k, stride, dilation",
+    [((1, 1, 5, 3), (7, 3), 1, 1), ((2, 3, 3, 3), (5, 5), 2, 1), ((1, 4, 4, 3), (3, 3), 1, 3)],
+)
+def test_a_map_smaller_than_the_kernel_gives_an_empty_output(x_shape, k, stride, dilation):
+    x, kernel, bias = _arrays(*x_shape, 16, k)
+    expected = _xla(x, kernel, bias, stride, dilation, ((0, 0), (0, 0)), False)
+    assert 0 in expected.shape
+    fn = jax.jit(lambda x, r: cpu_conv.conv2d(x, kernel, bias, stride, dilation, residual=r))
+    np.testing.assert_array_equal(fn(x, np.zeros_like(expected)), expected)
+
+
 _SUBPROCESS = """
 import json, sys
 import numpy as np, jax, jax.numpy as jnp
@@ -225,9 +251,9 @@ def _subprocess_expected():
     return _xla(x, kernel, bias, 1, 1, ((1, 1), (1, 1)), True)
 
 
-def _subprocess(**env):
+def _subprocess(code=_SUBPROCESS, *args, **env):
     out = subprocess.run(
-        [sys.executable, "-c", _SUBPROCESS],
+        [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -257,13 +283,48 @@ def test_opting_out_gives_xla_convolution():
     np.testing.assert_allclose(got["y"], _subprocess_expected(), rtol=1e-5, atol=1e-4)
 
 
+_BAD_CALL = """
+import json, sys
+import numpy as np
+from benchmarks.kernels import build, cpu_conv
+cpu_conv._register(build.load())
+x, k, stride, dilation, pads = json.loads(sys.argv[1])
+args = np.ones(x, np.float32), np.ones(k, np.float32), np.zeros(k[-1], np.float32), None
+try:
+    cpu_conv._kernel_call(*args, stride, dilation, pads, False, False).block_until_ready()
+    print(json.dumps({"error": None}))
+except Exception as e:
+    print(json.dumps({"error": str(e)}))
+"""
+
+
+@needs_compiler
+def test_the_kernel_refuses_a_kernel_without_taps():
+    """Called directly (past conv2d's checks), kw = 0 is an error, not a negative-size buffer's
+    std::length_error that aborted the process (on any CPU: shapes are checked first)."""
+    got = _subprocess(
+        _BAD_CALL, json.dumps([(4, 64, 1, 3), (1, 0, 3, 16), 10, 2, ((0, 0), (1, 0))])
+    )
+    assert "shiftbench_conv2d: w must be at least 1x1, got 1x0" in got["error"]
+
+
+@needs_kernel
+def test_an_exception_in_a_worker_is_an_error():
+    """A row whose buffer cannot be allocated (2^61 + 1 padded columns: std::length_error) on
+    XLA's pool threads: the call fails with the exception's message; the process lives on."""
+    got = _subprocess(
+        _BAD_CALL, json.dumps([(2, 1, 1, 1), (1, 1, 1, 16), 2**61, 1, ((0, 0), (0, 2**61))])
+    )
+    assert got["error"] is not None and "INTERNAL: shiftbench_conv2d: " in got["error"]
+
+
 def test_cache_key_follows_the_source_and_flags(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    first = cpu_conv._library_path("g++")
+    first = build._library_path("g++")
     assert first.parent == tmp_path / "shiftbench"
-    assert cpu_conv._library_path("clang++") != first
-    monkeypatch.setattr(cpu_conv, "CXX_FLAGS", (*cpu_conv.CXX_FLAGS, "-DX"))
-    assert cpu_conv._library_path("g++") != first
+    assert build._library_path("clang++") != first
+    monkeypatch.setattr(build, "CXX_FLAGS", (*build.CXX_FLAGS, "-DX"))
+    assert build._library_path("g++") != first
 
 
 @pytest.mark.parametrize("compiler", ["false", "/nonexistent/g++"])
@@ -271,8 +332,97 @@ def test_failed_build_names_the_compiler_output(monkeypatch, tmp_path, compiler)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("CXX", compiler)  # fails, or cannot be started
     with pytest.raises(RuntimeError, match="failed"):
-        cpu_conv.build()
+        build.build()
     assert not list((tmp_path / "shiftbench").iterdir())  # nothing half-built left
+
+
+def test_a_hung_compiler_is_stopped_and_stale_builds_removed(monkeypatch, tmp_path):
+    (cache := tmp_path / "shiftbench").mkdir(mode=0o755)
+    for name in ("tmpstale.so", "tmprecent.so"):  # as builds killed by a signal leave them
+        (cache / name).touch()
+    os.utime(cache / "tmpstale.so", (0, 0))  # 1970: older than STALE_BUILD_S
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CXX", _script(tmp_path, "exec sleep 30"))
+    monkeypatch.setattr(build, "BUILD_TIMEOUT_S", 0.5)
+    with pytest.raises(RuntimeError, match=r"timed out after 0.5 s"):
+        build.build()
+    # The stale file went; the recent one may be a build still running; this one cleaned up.
+    assert sorted(p.name for p in cache.iterdir()) == ["tmprecent.so"]
+
+
+def _script(tmp_path, body: str) -> str:
+    """An executable shell script in tmp_path running `body` (a stand-in compiler)."""
+    path = tmp_path / "cxx.sh"
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def _library(tmp_path, name: str, source: str) -> str:
+    """A shared library compiled from C++ `source` in tmp_path."""
+    src, out = tmp_path / f"{name}.cc", tmp_path / f"{name}.so"
+    src.write_text(source)
+    subprocess.run(["g++", "-shared", "-fPIC", str(src), "-o", str(out)], check=True)
+    return str(out)
+
+
+@pytest.fixture
+def planted(monkeypatch, tmp_path):
+    """A library planted in the kernel's cache (private, mode 755), not the kernel: its
+    constructor writes tmp_path / 'ran', and it has none of the handlers. CXX, a stand-in
+    compiler, 'builds' a library with the one symbol `plain` (the kernel's stand-in)."""
+    plain = _library(tmp_path, "plain", 'extern "C" int plain = 1;')
+    ran = f'__attribute__((constructor)) static void ran() {{ fopen("{tmp_path}/ran", "w"); }}'
+    planted = _library(tmp_path, "planted", f"#include <cstdio>\n{ran}\n")
+    # The stand-in copies `plain` to its last argument, the output.
+    monkeypatch.setenv("CXX", _script(tmp_path, f'for a; do out=$a; done; cp {plain} "$out"'))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = build._library_path(os.environ["CXX"])
+    path.parent.mkdir(parents=True)
+    path.parent.chmod(0o755)
+    shutil.copy(planted, path)
+    path.chmod(0o755)
+    return path
+
+
+@needs_compiler
+def test_a_library_without_the_handlers_falls_back_once(monkeypatch, planted):
+    warnings = []
+    monkeypatch.setattr(cpu_conv.logging, "warning", lambda msg, *a: warnings.append(msg % a))
+    monkeypatch.delenv(cpu_conv.OPT_OUT_ENV, raising=False)
+    monkeypatch.setattr(cpu_conv, "cpu_supported", lambda: True)
+    monkeypatch.setattr(cpu_conv, "available", functools.cache(cpu_conv.available.__wrapped__))
+    x, kernel, bias = _arrays(1, 5, 5, 3, 16, (3, 3))
+    for _ in range(2):  # XLA's convolution, every time
+        np.testing.assert_allclose(
+            cpu_conv.conv2d(x, kernel, bias), _xla(x, kernel, bias, 1, 1, ((0, 0),) * 2, False)
+        )
+    assert not cpu_conv.available()
+    assert len(warnings) == 1 and "ShiftbenchConv2d" in warnings[0]
+
+
+@needs_compiler
+@pytest.mark.parametrize("writable, mode", [("directory", 0o775), ("library", 0o757)])
+def test_a_cache_others_can_write_is_not_loaded(monkeypatch, tmp_path, planted, writable, mode):
+    """Writable by the group (the cache) or by anyone (the library): the planted library is not
+    loaded (its constructor never runs); the kernel is built in a private directory instead,
+    which is gone once it is loaded."""
+    (planted.parent if writable == "directory" else planted).chmod(mode)
+    warnings = []
+    monkeypatch.setattr(build.logging, "warning", lambda msg, *a: warnings.append(msg % a))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "private"))
+    (tmp_path / "private").mkdir()
+    library = build.load()
+    assert not (tmp_path / "ran").exists()
+    assert library.plain  # the stand-in compiler's build
+    assert not list((tmp_path / "private").iterdir())
+    assert len(warnings) == 1 and "writable by its group or others" in warnings[0]
+
+
+def test_a_cache_of_another_user_is_not_trusted(monkeypatch, tmp_path):
+    assert build._untrusted(tmp_path) is None
+    monkeypatch.setattr(os, "getuid", lambda: tmp_path.stat().st_uid + 1)
+    assert "belongs to user" in build._untrusted(tmp_path)
 
 
 # --- the fast path on the kernel ---------------------------------------------------------------

@@ -17,13 +17,12 @@ from entry_point import ROOT
 from tiny_net import TinyNet
 
 from benchmarks.data import augment
+from benchmarks.training.batches import batch_indices
 from benchmarks.training.checkpoint import restore_variables
+from benchmarks.training.optimizer import make_optimizer, make_schedule
 from benchmarks.training.train import (
     TrainConfig,
-    batch_indices,
     evaluate_accuracy,
-    make_optimizer,
-    make_schedule,
     steps_for_epochs,
     train,
 )
@@ -468,7 +467,7 @@ def start_python(script, log_path, **env):
     prefix = textwrap.dedent(f"""
         import dataclasses, sys, time
         import jax, numpy as np
-        sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+        sys.path[:0] = [{os.path.dirname(os.path.abspath(__file__))!r}, {ROOT + "/tests"!r}]
         from test_train import DATA, FAST, RESUME, VARIANTS, TinyNet
         from benchmarks.training.train import train
         """)

@@ -27,7 +27,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from benchmarks.core import eval_state, options, run_identity
+from benchmarks.core import batch_input, eval_state, options, run_identity
 from benchmarks.core.options import option
 from benchmarks.core.protocols import Protocol
 from benchmarks.core.sweep_step import (
@@ -53,7 +53,6 @@ __all__ = [
 BATCH_AXIS = "batch"
 DEFAULT_MEMORY_BUDGET_MB = 8  # activations that stay in this CPU's caches (WORKSPACE_NOTES.md)
 OUTPUTS = ("logits", "probabilities")
-RANGE_TOLERANCE = 1e-3  # float images may overshoot [0, 1] by this much (resampling rounding)
 Batches = Iterable[tuple[np.ndarray, np.ndarray]]
 
 
@@ -376,7 +375,7 @@ class Evaluator:
         staged = {}  # chunk size -> the sweep on the device, staged once per sweep
         start_time = time.perf_counter()
         for b, batch in enumerate(batches, start=start):
-            images, lab = self._checked_batch(batch, b)
+            images, lab = batch_input.checked(batch, b, self.protocol, self.config.convert_uint8)
             chunk, per_call = self.call_sizes(images.shape[1:])
             if chunk not in staged:
                 # device_put stages data without compiling anything (jnp.asarray compiles a
@@ -387,7 +386,9 @@ class Evaluator:
                     + (self.flip_pairs,)
                 )
             sweep_params, sweep_entries, sweep_pairs, sweep_flip_pairs = staged[chunk]
-            args = self._global_batch(images, np.asarray(lab), b * self.batch_size)
+            args = batch_input.global_batch(
+                images, lab, b * self.batch_size, self.batch_size, self._data_sharding
+            )
             out = self._step.jitted(
                 self._variables,
                 *args,
@@ -421,64 +422,6 @@ class Evaluator:
                 )
         if pending is not None:
             self._collect(state, *pending, state_path, save_every)
-
-    def _checked_batch(self, batch: Any, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """(images float32 [n, H, W, C] in [0, 1], labels int32 [n]) of batch b, checked
-        against the protocol before any compute.
-
-        Raises:
-          ValueError: not an (images, labels) pair; images not [n, *input_shape]; labels not
-            n integers; uint8 images without `convert_uint8`; values outside [0, 1].
-        """
-        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise ValueError(
-                f"batches must yield (images [n, H, W, C], labels [n]) pairs; batch {b} is a "
-                f"{type(batch).__name__}."
-            )
-        images, labels = np.asarray(batch[0]), np.asarray(batch[1])
-        want = tuple(self.protocol.input_shape)
-        if images.ndim != 4 or images.shape[1:] != want:
-            raise ValueError(
-                f"images of batch {b} have shape {images.shape}; protocol {self.protocol.name!r} "
-                f"takes images [n, {', '.join(map(str, want))}] (input_shape={want}): resize "
-                "them, or build the protocol for their shape."
-            )
-        if labels.shape != (len(images),) or labels.dtype.kind not in "iu":
-            raise ValueError(
-                f"labels of batch {b} must be {len(images)} integers [n], got {labels.dtype} "
-                f"{labels.shape}."
-            )
-        if images.dtype == np.uint8:
-            if not self.config.convert_uint8:
-                raise ValueError(
-                    f"images of batch {b} are uint8; the protocols take float images in [0, 1] "
-                    "(divide by 255, or pass EvalConfig(convert_uint8=True))."
-                )
-            images = images.astype(np.float32) / 255.0
-        elif images.dtype.kind != "f":
-            raise ValueError(f"images of batch {b} are {images.dtype}; give float32 in [0, 1].")
-        images = images.astype(np.float32)
-        low, high = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
-        if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
-            raise ValueError(
-                f"images of batch {b} hold values in [{low:g}, {high:g}]; the protocols take "
-                "images in [0, 1] (their fills and interpolation assume it)."
-            )
-        return images, labels
-
-    def _global_batch(self, images: np.ndarray, labels: np.ndarray, start: int):
-        """Pads this host's slice to batch_size / process_count and forms global arrays."""
-        local = self.batch_size // jax.process_count()
-        n = len(labels)
-        if n > local:
-            raise ValueError(f"a batch of {n} images exceeds the per-host batch size {local}.")
-        pad = local - n
-        images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-        labels = np.concatenate([labels, np.zeros((pad,), np.int32)]).astype(np.int32)
-        valid = np.arange(local) < n
-        index = (start + jax.process_index() * local + np.arange(local)).astype(np.int32)
-        make = lambda a: jax.make_array_from_process_local_data(self._data_sharding, a)
-        return make(images), make(labels), make(valid), make(index)
 
     def _collect(self, state: eval_state.EvalState, out, b: int, state_path, save_every: int):
         """Adds batch b's sums to `state` (and saves it every `save_every` batches)."""

@@ -25,7 +25,7 @@ from benchmarks.cli import flags as sb_flags
 from benchmarks.core import evaluator
 from benchmarks.data import datasets
 from benchmarks.inference import classifiers, fastpath
-from benchmarks.results import report
+from benchmarks.results import report, sweep_record
 from benchmarks.runtime import xla_defaults
 
 FLAGS = flags.FLAGS
@@ -114,8 +114,9 @@ def main() -> None:
     num_upscaled = counts.global_counts().num_upscaled
     if report.is_writer():
         wall_time_s = time.perf_counter() - start
-        write_results(
-            FLAGS.output_dir, protocol, classifier, result, wall_time_s, num_upscaled, sharing
+        config = {**sb_flags.flag_values(), "weights_source": classifier.source}
+        sweep_record.write_sweep_record(
+            FLAGS.output_dir, config, protocol, result, wall_time_s, num_upscaled, sharing
         )
 
 
@@ -127,83 +128,6 @@ def _set_cpu_devices() -> None:
         xla_defaults.set_cpu_device_count(FLAGS.cpu_devices)
     except ValueError as e:
         raise sb_flags.FlagError(f"--cpu_devices={FLAGS.cpu_devices} {e}.") from None
-
-
-def write_results(
-    output_dir, protocol, classifier, result, wall_time_s, num_upscaled=0, sharing=None
-) -> None:
-    """results.json, per_param.csv, sweep.png and curves.png of one evaluation.
-
-    num_upscaled: images whose shorter side was below --image_size (enlarged by the resize).
-    sharing: {'period', 'distinct', 'entries'} when circular shifts shared phases, else None.
-    """
-    config = sb_flags.flag_values()
-    config["weights_source"] = classifier.source
-    record = {
-        "config": config,
-        "metrics": result.metrics,
-        "stderr": result.stderr,
-        "per_param": {
-            "x": protocol.x,
-            "params": protocol.params,
-            "accuracy": result.accuracy_per_param,
-            "label_prob": result.label_prob_per_param,
-        },
-        "per_pair": {"pairs": result.pairs, "p_top1_change": result.flip_rate_per_pair},
-        "identity": result.identity,
-        "call_sizes": result.call_sizes,
-        "num_images": result.num_images,
-        "num_upscaled": num_upscaled,
-        "shared_phases": sharing,
-        "compile_count": result.compile_count,
-        "versions": report.versions(),
-        "wall_time_s": wall_time_s,
-        "eval_time_s": result.wall_time_s,
-    }
-    report.write_json(os.path.join(output_dir, "results.json"), record)
-    rows = [
-        {
-            "index": i,
-            "x": float(protocol.x[i]),
-            "param": " ".join(f"{v:g}" for v in protocol.params[i]),
-            "accuracy": float(result.accuracy_per_param[i]),
-            "label_prob": float(result.label_prob_per_param[i]),
-        }
-        for i in range(len(protocol.x))
-    ]
-    report.write_csv(os.path.join(output_dir, "per_param.csv"), rows)
-    if len(result.pairs):
-        pair_rows = [
-            {
-                "a": int(i),
-                "b": int(j),
-                "param_a": " ".join(f"{v:g}" for v in protocol.params[i]),
-                "param_b": " ".join(f"{v:g}" for v in protocol.params[j]),
-                "p_top1_change": float(f),
-            }
-            for (i, j), f in zip(result.pairs, result.flip_rate_per_pair)
-        ]
-        report.write_csv(os.path.join(output_dir, "per_pair.csv"), pair_rows)
-    title = f"{config['model']} on {config['dataset']}: {protocol.name}"
-    report.plot_sweep(
-        os.path.join(output_dir, "sweep.png"),
-        protocol.x,
-        protocol.xlabel,
-        result.accuracy_per_param,
-        result.pairs,
-        result.flip_rate_per_pair,
-        title,
-    )
-    report.plot_curves(
-        os.path.join(output_dir, "curves.png"),
-        protocol.x,
-        protocol.xlabel,
-        {config["model"]: result.curves},
-        title,
-    )
-    summary = {k: round(v, 4) for k, v in result.metrics.items()}
-    logging.info("wrote %s: %s", output_dir, summary)
-    print(report.markdown_table([summary], list(summary)))
 
 
 if __name__ == "__main__":

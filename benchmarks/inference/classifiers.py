@@ -86,11 +86,14 @@ class Classifier:
       variables: its variables.
       source: where the variables came from ('checkpoint:DIR', 'keras:PATH', 'torch:PATH',
         'random-init').
+      notes: what a reader of its numbers must know (e.g. pretrained weights running in a
+        subsampling mode they were not trained in); results record them.
     """
 
     model: nn.Module
     variables: Any
     source: str
+    notes: tuple[str, ...] = ()
 
     def logits(self, variables: Any, images: jax.Array) -> jax.Array:
         """`apply_fn(variables, images [N, H, W, C] in [0, 1]) -> logits [N, K]` for the evaluator."""
@@ -187,6 +190,28 @@ def _torch_fields(name: str, num_classes: int, weights: str, switch: dict) -> di
     return {k: v for k, v in fields.items() if k != "num_classes"}
 
 
+# The subsampling settings every pretrained file of this project was trained with.
+PRETRAINED_MODE = {"stride_mode": "subsample", "full_stages": 0, "padding": "zero"}
+
+
+def untrained_mode_notes(model: nn.Module, weights: str) -> tuple[str, ...]:
+    """A note when pretrained `weights` run in a subsampling mode other than the one they were
+    trained in (`PRETRAINED_MODE`): their accuracy can drop for that reason alone."""
+    changed = {
+        field: getattr(model, field)
+        for field, trained in PRETRAINED_MODE.items()
+        if getattr(model, field, trained) != trained
+    }
+    if not changed:
+        return ()
+    given = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+    trained = ", ".join(f"{k}={PRETRAINED_MODE[k]!r}" for k in changed)
+    return (
+        f"the pretrained weights {weights} were trained with {trained} and run here with "
+        f"{given}, without retraining: accuracy and invariance differ for that reason too.",
+    )
+
+
 def load(
     name: str,
     num_classes: int,
@@ -237,7 +262,7 @@ def load(
         fields = _torch_fields(name, num_classes, weights, switch)
         model = build_model(name, num_classes, **{**switch, **fields})
         variables = torch_weights.load_torch_weights(name, path, model)
-        return Classifier(model, variables, f"torch:{path}")
+        return Classifier(model, variables, f"torch:{path}", untrained_mode_notes(model, path))
     if weights and name not in IMAGENET_FILES:
         raise ValueError(
             f"`weights` are for the Keras models {sorted(IMAGENET_FILES)} (HDF5) and the torch "
@@ -246,9 +271,11 @@ def load(
     model = build_model(name, num_classes, **switch)
     if weights:
         variables = keras_weights.load_keras_weights(name, weights, image_size=input_shape[0])
-        return Classifier(model, variables, f"keras:{weights}")
+        notes = untrained_mode_notes(model, weights)
+        return Classifier(model, variables, f"keras:{weights}", notes)
     if checkpoint:
         variables = checkpoint_io.restore_variables(checkpoint, model, input_shape)
         return Classifier(model, variables, f"checkpoint:{checkpoint}")
     variables = model.init(jax.random.key(seed), jnp.zeros((1, *input_shape)), train=False)
-    return Classifier(model, variables, "random-init")
+    notes = ("random-init: seeded random weights, a smoke test of the pipeline, not a result.",)
+    return Classifier(model, variables, "random-init", notes)

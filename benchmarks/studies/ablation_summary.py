@@ -1,18 +1,22 @@
 """Tables of the stride ablation: one row per variant and seed, mean +- std over seeds, and
-metrics split at the edge of the training augmentation's range.
+metrics split at the edge of the training augmentation's range; and the files that hold them
+(`write_ablation`).
 
-Inputs are the per-variant result records of `benchmarks.stride_ablation.run_variant` (plain
-JSON-able dicts), so every function here is pure numpy and tested on hand-made records.
+Inputs are the per-variant result records of `benchmarks.studies.ablation.run_variant` (plain
+JSON-able dicts), so every table here is pure numpy and tested on hand-made records.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from benchmarks.core import equivariance
+from benchmarks.results import report
 
 TABLE_METRICS = ("accuracy", "p_top1_change", "mac", "consistency", "worst_case_accuracy")
 
@@ -102,3 +106,78 @@ def mean_std_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], digit
         cells = [f"{r[c]:.{digits}f} +- {r[c + '_std']:.{digits}f}" for c in columns]
         lines.append("| " + " | ".join([r["variant"], str(r["seeds"]), *cells]) + " |")
     return "\n".join(lines)
+
+
+def write_ablation(
+    output_dir: str, results: list[dict[str, Any]], config: dict[str, Any], wall_time_s: float
+) -> None:
+    """ablation.json, ablation.csv (with several seeds also ablation_seeds.csv), metrics.png,
+    curves.png and equivariance.png in `output_dir`, and the markdown table on stdout.
+
+    Args:
+      results: `run` results.
+      config: the settings to record under 'config' (with 'model', 'dataset' and
+        'aug_max_shift', the edge of the 'translate' protocol's range split).
+      wall_time_s: the study's wall time (s).
+    """
+    rows = [summary_row(r, config["aug_max_shift"]) for r in results]
+    seeds = over_seeds(rows) if len({r["seed"] for r in rows}) > 1 else []
+    report.write_json(
+        os.path.join(output_dir, "ablation.json"),
+        {
+            "config": config,
+            "variants": {
+                f"{r['variant']}/seed{r['seed']}": {
+                    k: v for k, v in r.items() if k != "fingerprint"
+                }
+                for r in results
+            },
+            "table": rows,
+            "over_seeds": seeds,
+            "versions": report.versions(),
+            "wall_time_s": wall_time_s,
+        },
+    )
+    report.write_csv(os.path.join(output_dir, "ablation.csv"), rows)
+    if seeds:
+        report.write_csv(os.path.join(output_dir, "ablation_seeds.csv"), seeds)
+    names = [f"{r['variant']}/s{r['seed']}" for r in results]
+    metric_cols = [f"{p}/{m}" for p in results[0]["protocols"] for m in TABLE_METRICS]
+    report.plot_bars(
+        os.path.join(output_dir, "metrics.png"),
+        names,
+        {c: [row[c] for row in rows] for c in metric_cols},
+        title=f"{config['model']} on {config['dataset']}",
+        ncols=len(TABLE_METRICS),
+    )
+    first = next(iter(results[0]["protocols"]))
+    proto = results[0]["protocols"][first]
+    curves = {n: np.asarray(r["protocols"][first]["curves"]) for n, r in zip(names, results)}
+    # Show the images whose true-class probability moves most under the first variant.
+    shown = np.sort(np.argsort(-np.ptp(curves[names[0]], axis=0))[:4])
+    report.plot_curves(
+        os.path.join(output_dir, "curves.png"),
+        np.asarray(proto["x"]),
+        proto["xlabel"],
+        {n: c[:, shown] for n, c in curves.items()},
+        title=f"P(true class) under {first} shifts",
+        image_ids=shown.tolist(),
+    )
+    stages = sorted(results[0]["equivariance"]["error"])
+    report.plot_lines(
+        os.path.join(output_dir, "equivariance.png"),
+        list(range(1, len(stages) + 1)),
+        "stage",
+        {
+            n: [equivariance.matched_mean(r["equivariance"]["error"][s]) for s in stages]
+            for n, r in zip(names, results)
+        },
+        "relative equivariance error",
+        "feature equivariance (circular shifts, multiples of each stage's stride)",
+    )
+    columns = ["variant", "seed"] + [c for c in rows[0] if c not in ("variant", "seed")]
+    print(report.markdown_table(rows, columns, digits=3))
+    if seeds:
+        print(f"\nmean +- std over {seeds[0]['seeds']} seeds:")
+        print(mean_std_table(seeds, [c for c in columns[2:] if "/" in c]))
+    logging.info("wrote %s in %.0f s", output_dir, wall_time_s)

@@ -126,8 +126,10 @@ def test_batch_not_divisible_by_the_device_count(tmp_path, monkeypatch):
 @pytest.mark.skipif(not os.path.isdir(SHARED_TFDS), reason="../shared/data is not present")
 def test_evaluation_needs_no_tensorflow():
     code = (
-        "import sys; from benchmarks import data, evaluate, invariance;"
-        f"ds = data.open_dataset('mnist', 'test[:4]', {SHARED_TFDS!r}); data.load_arrays(ds);"
+        "import sys; from benchmarks import invariance; from benchmarks.core import evaluator;"
+        "from benchmarks.data import datasets;"
+        f"ds = datasets.open_dataset('mnist', 'test[:4]', {SHARED_TFDS!r});"
+        "datasets.load_arrays(ds);"
         "print('tensorflow' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -150,3 +150,13 @@ def test_the_cli_refuses_an_efficientnet_alias_for_another_model(tmp_path):
     )
     assert fails_with_one_line(res, "--weights=efficientnet_lite0"), res.stderr[-2000:]
     assert "pretrained weights of --model=efficientnet_lite0 only" in res.stderr
+
+
+def test_notes_say_when_pretrained_weights_run_in_another_mode():
+    model = registry.build("resnet20", num_classes=10, stride_mode="blur", padding="circular")
+    (note,) = classifiers.untrained_mode_notes(model, "resnet20.th")
+    assert "stride_mode='subsample'" in note and "stride_mode='blur'" in note
+    assert "padding='circular'" in note and "without retraining" in note
+    assert classifiers.untrained_mode_notes(registry.build("resnet20"), "w.th") == ()
+    clf = classifiers.load("allconv", 10, (16, 16, 3), width=4)
+    assert clf.source == "random-init" and "smoke test" in clf.notes[0]

@@ -43,6 +43,7 @@ sb_flags.define_data_flags(default_split="test")
 sb_flags.define_eval_flags(default_output_dir="runs/dataset_bias")
 sb_flags.define_cluster_flags()
 sb_flags.define_model_flags(default_model="vgg_small")
+flags.adopt_module_key_flags(sb_flags)  # --help lists the flags of the configs too
 FLAGS.set_default("width", 8)
 flags.DEFINE_enum("mode", "stats", ["stats", "experiment"], "Box statistics or the experiment.")
 sb_flags.define_config_flags(box_survey.BoxStatsConfig)  # --mode=stats

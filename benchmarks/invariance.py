@@ -49,6 +49,7 @@ flags.DEFINE_integer(
     lower_bound=1,
 )
 sb_flags.define_model_flags()
+flags.adopt_module_key_flags(sb_flags)  # --help lists the flags of the configs too
 
 
 def main() -> None:
@@ -90,14 +91,13 @@ def main() -> None:
         )
 
     logging.info(
-        "%s (%s) on %d images of %s[%s], %s sweep of %d parameters",
+        "%s (%s) on %d images of %s[%s]; %s",
         FLAGS.model,
         classifier.source,
         n,
         FLAGS.dataset,
         FLAGS.split,
-        FLAGS.transform,
-        len(protocol.params),
+        protocol.describe(),
     )
     identity = {
         "model": {"name": FLAGS.model, "fields": sb_flags.switch_from_flags()},
@@ -116,7 +116,14 @@ def main() -> None:
         wall_time_s = time.perf_counter() - start
         config = {**sb_flags.flag_values(), "weights_source": classifier.source}
         sweep_record.write_sweep_record(
-            FLAGS.output_dir, config, protocol, result, wall_time_s, num_upscaled, sharing
+            FLAGS.output_dir,
+            config,
+            protocol,
+            result,
+            wall_time_s,
+            num_upscaled,
+            sharing,
+            classifier.notes,
         )
 
 

@@ -38,6 +38,7 @@ sb_flags.define_data_flags(default_split="test")
 sb_flags.define_eval_flags(default_output_dir="runs/ablation")
 sb_flags.define_cluster_flags()
 sb_flags.define_model_flags(default_model="vgg_small")
+flags.adopt_module_key_flags(sb_flags)  # --help lists the flags of the configs too
 flags.DEFINE_list("variants", list(ablation.AblationConfig.variants), "Variants to compare.")
 flags.DEFINE_list("seeds", ["0"], "Training seeds (repeats of every variant).")
 flags.DEFINE_list("protocols", list(ablation.AblationConfig.protocols), "Protocols to evaluate.")

@@ -121,7 +121,7 @@ def define_eval_flags(default_output_dir: str = "runs/invariance") -> None:
         True,
         "Evaluate with the inference rewrites of benchmarks.inference.fastpath (BatchNorm "
         "folded; convs with their ReLU on the direct CPU kernel of benchmarks.kernels, else 1x1 "
-        "convs as dots; on layers of models.layers.subsampling.Conv: not EfficientNet-Lite's): "
+        "convs as dots; on layers of models.layers.conv.Conv: not EfficientNet-Lite's): "
         "the same logits up to float rounding, faster.",
     )
     flags.DEFINE_string("output_dir", default_output_dir, "Where results are written.")

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from benchmarks.core import transforms
-from models.layers.subsampling import check_choice, is_int
+from models.layers.conv import check_choice, is_int
 
 SWEEPS = ("diagonal", "horizontal", "vertical", "grid", "random")
 LINE_AXES = ("x", "y", "scalar")

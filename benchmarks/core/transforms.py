@@ -32,7 +32,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from models.layers.subsampling import check_choice, is_int
+from models.layers.conv import check_choice, is_int
 
 EMBED_FILLS = ("zero", "mean", "constant", "inpaint")
 SUBPIXEL_METHODS = ("fourier", "lanczos3", "bilinear")

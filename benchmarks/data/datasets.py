@@ -225,7 +225,9 @@ def open_dataset(name: str, split: str, data_dir: str | None = None) -> Dataset:
         images, labels = _digits_images()
         sl = _slice_embedded(len(labels), split)
         source = _ArraySource(images[sl], labels[sl])
-        return Dataset(name, split, source, 10, version=f"sklearn-{metadata.version('scikit-learn')}")
+        return Dataset(
+            name, split, source, 10, version=f"sklearn-{metadata.version('scikit-learn')}"
+        )
     builder = tfds_builder(name, data_dir)
     source = tfds_split(builder, split)
     features = builder.info.features

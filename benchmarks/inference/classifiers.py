@@ -25,7 +25,8 @@ from benchmarks.core.options import option
 from benchmarks.inference import fastpath
 from benchmarks.training import checkpoint as checkpoint_io
 from models import registry
-from models.layers.subsampling import PADDING_MODES, STRIDE_MODES
+from models.layers.conv import PADDING_MODES
+from models.layers.subsampling import STRIDE_MODES
 from models.weights import keras_weights, torch_weights
 from models.weights.efficientnet_lite_weights import PRETRAINED
 from models.weights.keras_weights import IMAGENET_FILES
@@ -106,7 +107,7 @@ class Classifier:
 
         fast: `benchmarks.inference.fastpath`'s inference rewrites (BatchNorm folded into the conv
         before it, convs and their ReLU on the direct CPU kernel of `benchmarks.kernels.cpu_conv`,
-        else 1x1 convs as dots; they act on `models.layers.subsampling.Conv` layers, so
+        else 1x1 convs as dots; they act on `models.layers.conv.Conv` layers, so
         EfficientNet-Lite's own conv layers run unchanged): the same logits up to float
         rounding (tested to 2e-5 of the largest logit, same top-1), fewer passes over memory.
         Else `logits` and the variables as loaded.

@@ -15,13 +15,13 @@ rewrites give the same logits (up to float rounding) with less work:
   1x1 convolutions.
 - The other convolutions on the direct CPU kernel (`cpu_conv`, see `benchmarks.kernels.cpu_conv`):
   zero or circular padding, any stride and dilation, Cout a multiple of 16, float32. The
-  folded BatchNorm's shift becomes the kernel's bias, and a `models.layers.subsampling.ReLU` layer
+  folded BatchNorm's shift becomes the kernel's bias, and a `models.layers.conv.ReLU` layer
   on the conv's output (with its residual, in a ResNet block) is computed inside the same
   kernel call (in registers, no extra pass over the map). Convolutions it does not cover, and
   every platform but the CPU, keep XLA's convolution; 1x1 convolutions it covers run on it
   too (the residual and ReLU of ResNet-50's blocks follow a 1x1 conv).
 
-All act through `flax.linen.intercept_methods` on the layers `models/subsampling.Conv` and
+All act through `flax.linen.intercept_methods` on the layers `models.layers.conv.Conv` and
 `flax.linen.BatchNorm` while the model is applied, so the architecture is not written twice.
 
     logits_fn, variables = fastpath.prepare(model, variables, (32, 32, 3))
@@ -45,7 +45,7 @@ import numpy as np
 from flax.core import unfreeze
 
 from benchmarks.kernels import cpu_conv
-from models.layers.subsampling import Conv, ReLU, conv_pads, resolve_padding
+from models.layers.conv import Conv, ReLU, conv_pads, resolve_padding
 
 Path = tuple[str, ...]
 

@@ -45,7 +45,7 @@ from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 from benchmarks.kernels import build
-from models.layers.subsampling import Pads, padded_conv2d
+from models.layers.conv import Pads, padded_conv2d
 
 TARGET = "shiftbench_conv2d"
 TARGET_RESIDUAL = "shiftbench_conv2d_residual"

@@ -31,8 +31,8 @@ from benchmarks.core.options import option
 from benchmarks.data import augment, datasets
 from benchmarks.inference import classifiers, fastpath
 from benchmarks.results import report
-from benchmarks.training import train
-from models.layers.subsampling import is_int
+from benchmarks.training import config as train_config
+from models.layers.conv import is_int
 
 PROTOCOLS = ("translate", "crop", "embed", "circular")
 DEFAULT_BLUR_SIZE = 4
@@ -117,9 +117,9 @@ class AblationConfig:
     train_split: str = option("train", "Split to train on (TFDS slicing honoured).")
     num_train: int | None = option(None, "Train on the first N images (default: all).", lower=1)
     max_shift: int = option(4, "Shift range of the protocols (px).", lower=1)
-    optimizer: str = option("adam", "Optimizer.", choices=train.OPTIMIZERS)
+    optimizer: str = option("adam", "Optimizer.", choices=train_config.OPTIMIZERS)
     learning_rate: float = option(3e-3, "Peak learning rate.", lower=0.0)
-    schedule: str = option("cosine", "Learning-rate schedule.", choices=train.SCHEDULES)
+    schedule: str = option("cosine", "Learning-rate schedule.", choices=train_config.SCHEDULES)
     weight_decay: float = option(0.0, "Weight decay.", lower=0.0)
     train_steps: int = option(200, "Optimizer steps per variant.", lower=1)
     train_batch_size: int = option(64, "Training batch size.", lower=1)
@@ -156,9 +156,9 @@ class AblationConfig:
         """The canvas of augmentation='embed' for images of side `image_size` (px)."""
         return self.aug_canvas_size or image_size + 2 * self.max_shift
 
-    def train_config(self, seed: int, num_train: int, image_size: int) -> train.TrainConfig:
+    def train_config(self, seed: int, num_train: int, image_size: int) -> train_config.TrainConfig:
         """The training run of `seed` on `num_train` images of side `image_size` (px)."""
-        return train.TrainConfig(
+        return train_config.TrainConfig(
             optimizer=self.optimizer,
             learning_rate=self.learning_rate,
             schedule=self.schedule,
@@ -259,7 +259,7 @@ def run_variant(
     protos: dict[str, protocols.Protocol],
     eval_config: evaluator.EvalConfig,
     workdir: str,
-    train_fn: Callable[..., train.TrainResult],
+    train_fn: Callable[..., train_config.TrainResult],
 ) -> dict[str, Any]:
     """Trains (or restores) one variant and measures it.
 
@@ -371,7 +371,7 @@ def run(
     data_config: datasets.DataConfig,
     eval_config: evaluator.EvalConfig,
     output_dir: str,
-    train_fn: Callable[..., train.TrainResult],
+    train_fn: Callable[..., train_config.TrainResult],
 ) -> list[dict[str, Any]]:
     """The whole ablation: every variant of `config` for every seed, each in
     output_dir/<variant without ':'>_seed<seed> (`run_variant`, which also says what

@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 
 from benchmarks.core import equivariance
-from benchmarks.results import report
+from benchmarks.results import plots, report
 
 TABLE_METRICS = ("accuracy", "p_top1_change", "mac", "consistency", "worst_case_accuracy")
 
@@ -143,11 +143,17 @@ def write_ablation(
         report.write_csv(os.path.join(output_dir, "ablation_seeds.csv"), seeds)
     names = [f"{r['variant']}/s{r['seed']}" for r in results]
     metric_cols = [f"{p}/{m}" for p in results[0]["protocols"] for m in TABLE_METRICS]
-    report.plot_bars(
+    stderr = {  # over the test images, per variant and seed
+        f"{p}/{m}": [r["protocols"][p]["stderr"][m] for r in results]
+        for p in results[0]["protocols"]
+        for m in TABLE_METRICS
+    }
+    plots.plot_bars(
         os.path.join(output_dir, "metrics.png"),
         names,
         {c: [row[c] for row in rows] for c in metric_cols},
-        title=f"{config['model']} on {config['dataset']}",
+        stderr,
+        title=f"{config['model']} on {config['dataset']} (+- 1 s.e. over test images)",
         ncols=len(TABLE_METRICS),
     )
     first = next(iter(results[0]["protocols"]))
@@ -155,7 +161,7 @@ def write_ablation(
     curves = {n: np.asarray(r["protocols"][first]["curves"]) for n, r in zip(names, results)}
     # Show the images whose true-class probability moves most under the first variant.
     shown = np.sort(np.argsort(-np.ptp(curves[names[0]], axis=0))[:4])
-    report.plot_curves(
+    plots.plot_curves(
         os.path.join(output_dir, "curves.png"),
         np.asarray(proto["x"]),
         proto["xlabel"],
@@ -164,7 +170,7 @@ def write_ablation(
         image_ids=shown.tolist(),
     )
     stages = sorted(results[0]["equivariance"]["error"])
-    report.plot_lines(
+    plots.plot_lines(
         os.path.join(output_dir, "equivariance.png"),
         list(range(1, len(stages) + 1)),
         "stage",

@@ -32,10 +32,10 @@ from benchmarks.core import evaluator, options, protocols, run_identity, sweeps,
 from benchmarks.core.options import option
 from benchmarks.data import datasets
 from benchmarks.inference import classifiers, fastpath
-from benchmarks.results import report
+from benchmarks.results import plots, report
 from benchmarks.studies import bias_stats
-from benchmarks.training import train
-from models.layers.subsampling import is_int
+from benchmarks.training import config as train_config
+from models.layers.conv import is_int
 
 TABLE = ("accuracy", "p_top1_change", "sweep_accuracy")
 LOCAL_SWEEPS = ("diagonal", "horizontal", "vertical")
@@ -132,9 +132,9 @@ class ExperimentConfig:
             self.canvas_size, self.digit_size, self.box_size, offsets, self.num_directions, local, k
         )
 
-    def train_config(self, num_examples: int) -> train.TrainConfig:
+    def train_config(self, num_examples: int) -> train_config.TrainConfig:
         """The training run of one bias on `num_examples` placed digits (Adam, cosine decay)."""
-        return train.TrainConfig(
+        return train_config.TrainConfig(
             optimizer="adam",
             learning_rate=self.learning_rate,
             batch_size=min(self.train_batch_size, num_examples),
@@ -255,7 +255,7 @@ def run_bias(
     digits: Digits,
     eval_config: evaluator.EvalConfig,
     workdir: str,
-    train_fn: Callable[..., train.TrainResult],
+    train_fn: Callable[..., train_config.TrainResult],
 ) -> dict[str, Any]:
     """Trains (or restores) the net on digits placed with `bias`; measures it at each r.
 
@@ -351,7 +351,7 @@ def run(
     data_config: datasets.DataConfig,
     eval_config: evaluator.EvalConfig,
     output_dir: str,
-    train_fn: Callable[..., train.TrainResult],
+    train_fn: Callable[..., train_config.TrainResult],
 ) -> list[dict[str, Any]]:
     """The whole experiment: one net per bias of `config`, each trained and measured in
     output_dir/<bias name without ':' and '='> (`run_bias`, which also says what `train_fn`
@@ -425,20 +425,23 @@ def write_experiment(
     xlabel = "test offset r from the canvas centre (px)"
     model, dataset = record_config["model"], record_config["dataset"]
     for metric, label in (("accuracy", "top-1 accuracy"), ("p_top1_change", "P(top-1 change)")):
-        report.plot_lines(
+        plots.plot_lines(
             os.path.join(output_dir, f"{metric}.png"),
             [o["offset"] for o in results[0]["offsets"]],
             xlabel,
             {r["bias"]: [o[metric] for o in r["offsets"]] for r in results},
-            label,
+            f"{label} (+- 1 s.e.)",
             f"{model} on {dataset}: {label} by training bias",
+            errors={r["bias"]: [o[f"{metric}_stderr"] for o in r["offsets"]] for r in results},
         )
-    report.plot_heatmaps(
+    plots.plot_heatmaps(
         os.path.join(output_dir, "placements.png"),
         {r["bias"]: np.asarray(r["placement_heatmap"]) for r in results},
         "x / canvas",
         "y / canvas",
         "training digit centres",
     )
-    print(report.markdown_table(rows, ["bias", "offset", "radius", *TABLE, "positions"], digits=3))
+    columns = ["bias", "offset", "radius", "accuracy", "accuracy_stderr", "sweep_accuracy"]
+    columns += ["p_top1_change", "p_top1_change_stderr", "positions"]
+    print(report.markdown_table(rows, columns, digits=3))
     logging.info("wrote %s in %.0f s", output_dir, wall_time_s)

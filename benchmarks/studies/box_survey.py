@@ -21,7 +21,7 @@ import numpy as np
 from benchmarks.core import options
 from benchmarks.core.options import option
 from benchmarks.data import datasets
-from benchmarks.results import report
+from benchmarks.results import plots, report
 from benchmarks.studies import bias_stats
 
 
@@ -177,7 +177,7 @@ def write_survey(
     }
     report.write_json(os.path.join(output_dir, "stats.json"), record)
     title = f"{found.data.dataset} {found.data.split}: {len(boxes)} boxes of {num} images"
-    report.plot_heatmaps(
+    plots.plot_heatmaps(
         os.path.join(output_dir, "centres.png"),
         {"fraction of box centres": found.heatmap},
         "x / width",
@@ -185,7 +185,7 @@ def write_survey(
         title,
     )
     extents = np.asarray(bias_stats.box_extents(boxes))
-    report.plot_histograms(
+    plots.plot_histograms(
         os.path.join(output_dir, "sizes.png"),
         {
             "sqrt(area)": np.asarray(bias_stats.box_sizes(boxes)),

@@ -4,7 +4,6 @@ and placed on the devices."""
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
@@ -12,8 +11,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
-if TYPE_CHECKING:  # annotations only: train.py imports this module
-    from benchmarks.training.train import TrainConfig
+from benchmarks.training.config import TrainConfig
 
 
 @functools.lru_cache(maxsize=1)

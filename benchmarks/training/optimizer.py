@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-if TYPE_CHECKING:  # annotations only: train.py imports this module
-    from benchmarks.training.train import TrainConfig
+from benchmarks.training.config import TrainConfig
 
 
 def make_schedule(config: TrainConfig) -> optax.Schedule:

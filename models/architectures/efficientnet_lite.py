@@ -71,15 +71,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
+from models.layers.conv import check_int, conv2d, global_avg_pool, pad_spatial, resolve_padding
 from models.layers.preprocessing import KerasPort
-from models.layers.subsampling import (
-    Subsampler,
-    check_int,
-    conv2d,
-    global_avg_pool,
-    pad_spatial,
-    resolve_padding,
-)
+from models.layers.subsampling import Subsampler
 
 # (repeats, kernel, stride, expansion, in, out) of the seven MBConv groups (EfficientNet-B0).
 GROUPS = (

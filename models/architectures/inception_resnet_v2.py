@@ -27,8 +27,9 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from models.layers.conv import Conv, ReLU, avg_pool, global_avg_pool, max_pool
 from models.layers.preprocessing import KerasPort
-from models.layers.subsampling import Conv, ReLU, Subsampler, avg_pool, global_avg_pool, max_pool
+from models.layers.subsampling import Subsampler
 
 IMAGE_SIZE = 299
 BN_EPSILON = 1e-3

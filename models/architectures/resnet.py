@@ -19,8 +19,9 @@ import flax.linen as nn
 import jax
 from jax.typing import ArrayLike
 
+from models.layers.conv import Conv, ReLU, global_avg_pool, max_pool
 from models.layers.preprocessing import KerasPort
-from models.layers.subsampling import Conv, ReLU, Subsampler, global_avg_pool, max_pool
+from models.layers.subsampling import Subsampler
 
 STACKS = ((64, 3), (128, 4), (256, 6), (512, 3))  # (bottleneck width, blocks) of conv2..conv5
 IMAGE_SIZE = 224

@@ -37,19 +37,16 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from models.layers.subsampling import (
-    MAX_BLUR_SIZE,
+from models.layers.conv import (
     PADDING_MODES,
-    STRIDE_MODES,
     Conv,
     ReLU,
-    Subsampler,
     check_choice,
     check_int,
     global_avg_pool,
     max_pool,
-    stage_modes,
 )
+from models.layers.subsampling import MAX_BLUR_SIZE, STRIDE_MODES, Subsampler, stage_modes
 
 HEADS = ("gap", "flatten")
 SHORTCUTS = ("A", "B")
@@ -59,7 +56,7 @@ _BN_EPSILON = 1e-5
 
 
 class ConvBN(nn.Module):
-    """Conv (no bias) + BatchNorm; fields as `subsampling.Conv`. Returns [N, h, w, features]."""
+    """Conv (no bias) + BatchNorm; fields as `conv.Conv`. Returns [N, h, w, features]."""
 
     features: int
     kernel_size: int

@@ -16,8 +16,8 @@ import flax.linen as nn
 import jax
 from jax.typing import ArrayLike
 
+from models.layers.conv import Conv, ReLU, max_pool
 from models.layers.preprocessing import KerasPort
-from models.layers.subsampling import Conv, ReLU, max_pool
 
 BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # (width, convs) per block
 IMAGE_SIZE = 224

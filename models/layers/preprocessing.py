@@ -18,15 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.layers.subsampling import (
-    MAX_BLUR_SIZE,
-    PADDING_MODES,
-    STRIDE_MODES,
-    Subsampler,
-    check_choice,
-    check_int,
-    stage_modes,
-)
+from models.layers.conv import PADDING_MODES, check_choice, check_int
+from models.layers.subsampling import MAX_BLUR_SIZE, STRIDE_MODES, Subsampler, stage_modes
 
 KERAS_PREPROCESSING_MODES = ("caffe", "tf")
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)

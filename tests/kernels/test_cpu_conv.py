@@ -21,7 +21,7 @@ from jax import lax
 from benchmarks.inference import classifiers, fastpath
 from benchmarks.kernels import build, cpu_conv
 from models import registry
-from models.layers import subsampling
+from models.layers import conv
 
 needs_kernel = pytest.mark.skipif(
     not cpu_conv.available(), reason="cpu_conv kernel unavailable (needs x86-64 AVX-512 and g++)"
@@ -468,9 +468,9 @@ class _SharedConv(nn.Module):
 
     @nn.compact
     def __call__(self, x, train=False):
-        conv = subsampling.Conv(16, 3)
-        h = nn.BatchNorm(use_running_average=True)(conv(x))
-        return subsampling.ReLU()(h, conv(2 * x)), {}
+        shared = conv.Conv(16, 3)
+        h = nn.BatchNorm(use_running_average=True)(shared(x))
+        return conv.ReLU()(h, shared(2 * x)), {}
 
 
 def test_shared_conv_is_not_folded_or_fused():
@@ -486,7 +486,7 @@ def test_shared_conv_is_not_folded_or_fused():
 class _Pointwise(nn.Module):
     @nn.compact
     def __call__(self, x, train=False):
-        return subsampling.Conv(16, 1, padding="VALID")(x), {}
+        return conv.Conv(16, 1, padding="VALID")(x), {}
 
 
 def test_without_the_kernel_the_fast_path_keeps_its_dots(monkeypatch):

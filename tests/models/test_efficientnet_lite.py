@@ -20,11 +20,11 @@ import pytest
 from entry_point import SHARED_TFDS
 from jax import lax
 
-from benchmarks import imagenet_preprocess
+import imagenet_preprocess
 from benchmarks.inference import classifiers
 from models import registry
 from models.architectures import efficientnet_lite as el
-from models.layers import subsampling
+from models.layers import conv
 from models.weights import efficientnet_lite_weights as elw
 from models.weights import torch_weights
 
@@ -118,7 +118,7 @@ def test_depthwise_taps_equal_the_grouped_conv(stride, padding, dilation, mode):
     kernel = rng.normal(size=(5, 5, 1, 6)).astype(np.float32)
     args = (stride, padding, dilation, mode)
     got = jax.jit(lambda x, k: el.depthwise_conv2d(x, k, *args))(x, kernel)
-    want = jax.jit(lambda x, k: subsampling.conv2d(x, k, *args, feature_group_count=6))(x, kernel)
+    want = jax.jit(lambda x, k: conv.conv2d(x, k, *args, feature_group_count=6))(x, kernel)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 

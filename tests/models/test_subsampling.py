@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from models.layers import conv
 from models.layers import subsampling as S
 
 
@@ -61,7 +62,7 @@ def _np_conv(x, kernel, stride, pads, dilation, mode):
     ],
 )
 def test_resolve_padding(padding, kernel, mode, expected):
-    assert S.resolve_padding(padding, kernel, mode) == expected
+    assert conv.resolve_padding(padding, kernel, mode) == expected
 
 
 @pytest.mark.parametrize(
@@ -77,7 +78,7 @@ def test_resolve_padding(padding, kernel, mode, expected):
 )
 def test_resolve_padding_errors(padding, kernel, mode, match):
     with pytest.raises(ValueError, match=match):
-        S.resolve_padding(padding, kernel, mode)
+        conv.resolve_padding(padding, kernel, mode)
 
 
 CONV_CASES = [  # stride, dilation, padding, padding_mode, kernel (kh, kw), numeric pads
@@ -96,7 +97,7 @@ CONV_CASES = [  # stride, dilation, padding, padding_mode, kernel (kh, kw), nume
 @pytest.mark.parametrize("stride, dilation, padding, mode, ks, pads", CONV_CASES)
 def test_conv2d_matches_numpy(stride, dilation, padding, mode, ks, pads):
     x, kernel = _rand((2, 9, 10, 3)), _rand((*ks, 3, 4), 1)
-    got = S.conv2d(x, kernel, stride, padding, dilation, mode)
+    got = conv.conv2d(x, kernel, stride, padding, dilation, mode)
     np.testing.assert_allclose(
         got, _np_conv(x, kernel, stride, pads, dilation, mode), rtol=1e-5, atol=1e-5
     )
@@ -104,7 +105,7 @@ def test_conv2d_matches_numpy(stride, dilation, padding, mode, ks, pads):
 
 def test_conv2d_grouped_is_per_group_conv():
     x, kernel = _rand((1, 6, 6, 4)), _rand((3, 3, 2, 4), 1)
-    got = S.conv2d(x, kernel, feature_group_count=2)
+    got = conv.conv2d(x, kernel, feature_group_count=2)
     pads = ((1, 1), (1, 1))
     want = np.concatenate(
         [
@@ -121,18 +122,18 @@ def test_pools_match_numpy(stride, dilation, padding, mode, ks, pads):
     x = _rand((2, 9, 10, 3))
     taps = [t for _, t in _np_taps(_np_pad(x, pads, mode, -np.inf), *ks, stride, dilation)]
     np.testing.assert_allclose(
-        S.max_pool(x, ks, stride, padding, dilation, mode), np.max(taps, axis=0), rtol=1e-6
+        conv.max_pool(x, ks, stride, padding, dilation, mode), np.max(taps, axis=0), rtol=1e-6
     )
     taps = [t for _, t in _np_taps(_np_pad(x, pads, mode, np.nan), *ks, stride, dilation)]
     np.testing.assert_allclose(
-        S.avg_pool(x, ks, stride, padding, dilation, mode),
+        conv.avg_pool(x, ks, stride, padding, dilation, mode),
         np.nanmean(taps, axis=0),
         rtol=1e-5,
         atol=1e-6,
     )
     taps = [t for _, t in _np_taps(_np_pad(x, pads, mode), *ks, stride, dilation)]
     np.testing.assert_allclose(
-        S.avg_pool(x, ks, stride, padding, dilation, mode, True),
+        conv.avg_pool(x, ks, stride, padding, dilation, mode, True),
         np.mean(taps, axis=0),
         rtol=1e-5,
         atol=1e-6,
@@ -141,8 +142,8 @@ def test_pools_match_numpy(stride, dilation, padding, mode, ks, pads):
 
 def _layer(kind, x, stride, dilation, padding, mode, kernel):
     if kind == "conv":
-        return S.conv2d(x, kernel, stride, padding, dilation, mode)
-    pool = S.max_pool if kind == "max" else S.avg_pool
+        return conv.conv2d(x, kernel, stride, padding, dilation, mode)
+    pool = conv.max_pool if kind == "max" else conv.avg_pool
     return pool(x, kernel.shape[:2], stride, padding, dilation, mode)
 
 
@@ -160,7 +161,10 @@ def test_dense_layers_sampled_at_lattice_equal_strided(kind, ks, padding, mode):
     np.testing.assert_allclose(dense[:, ::2, ::2], strided, rtol=1e-5, atol=1e-5)
     strided2 = _layer(kind, strided, 2, 1, "SAME", mode, k2)
     dense2 = _layer(kind, dense, 1, 2, "SAME", mode, k2)
-    np.testing.assert_allclose(dense2[:, ::4, ::4], strided2, rtol=1e-5, atol=1e-5)
+    # Float32 rounding scales with the values (up to ~100 here): an absolute 1e-5 alone fails
+    # on some CPUs' summation orders for entries that cancel to ~0.1.
+    atol = max(1e-5, 1e-6 * float(np.abs(strided2).max()))
+    np.testing.assert_allclose(dense2[:, ::4, ::4], strided2, rtol=1e-5, atol=atol)
     if mode == "circular":
         assert dense2.shape[1:3] == x.shape[1:3]
 
@@ -180,7 +184,7 @@ def test_circular_dilated_layers_commute_with_roll(kind, shift):
 
 def test_global_avg_pool():
     x = _rand((2, 3, 4, 5))
-    np.testing.assert_allclose(S.global_avg_pool(x), x.mean((1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(conv.global_avg_pool(x), x.mean((1, 2)), rtol=1e-6)
 
 
 BINOMIAL_ROWS = [
@@ -293,7 +297,7 @@ def test_conv2d_jit_and_vmap_agree():
     x, kernel = _rand((3, 2, 8, 8, 3)), _rand((3, 3, 3, 2), 1)
 
     def f(v):
-        return S.conv2d(v, kernel, 2, "SAME", 1, "circular")
+        return conv.conv2d(v, kernel, 2, "SAME", 1, "circular")
 
     eager = np.stack([f(v) for v in x])
     np.testing.assert_allclose(jax.jit(jax.vmap(f))(x), eager, rtol=1e-5, atol=1e-5)
@@ -372,13 +376,13 @@ def test_subsampler_errors(kwargs, match):
 
 def test_conv_module_params_and_output():
     x = _rand((2, 8, 8, 3))
-    module = S.Conv(
+    module = conv.Conv(
         5, (3, 1), stride=2, padding_mode="circular", bias_init=jax.nn.initializers.normal(1.0)
     )
     variables = module.init(jax.random.key(0), x)
     params = variables["params"]
     assert jax.tree.map(jnp.shape, params) == {"kernel": (3, 1, 3, 5), "bias": (5,)}
-    want = S.conv2d(x, params["kernel"], 2, "SAME", 1, "circular") + params["bias"]
+    want = conv.conv2d(x, params["kernel"], 2, "SAME", 1, "circular") + params["bias"]
     np.testing.assert_allclose(module.apply(variables, x), want, rtol=1e-6)
-    no_bias = S.Conv(5, 3, use_bias=False).init(jax.random.key(0), x)["params"]
+    no_bias = conv.Conv(5, 3, use_bias=False).init(jax.random.key(0), x)["params"]
     assert set(no_bias) == {"kernel"}

@@ -19,13 +19,9 @@ from tiny_net import TinyNet
 from benchmarks.data import augment
 from benchmarks.training.batches import batch_indices
 from benchmarks.training.checkpoint import restore_variables
+from benchmarks.training.config import TrainConfig, steps_for_epochs
 from benchmarks.training.optimizer import make_optimizer, make_schedule
-from benchmarks.training.train import (
-    TrainConfig,
-    evaluate_accuracy,
-    steps_for_epochs,
-    train,
-)
+from benchmarks.training.train import evaluate_accuracy, train
 
 
 def quadrant_data(n=200, size=8, seed=0):

@@ -27,6 +27,7 @@ import time
 from absl import flags
 
 from benchmarks.cli import flags as sb_flags
+from benchmarks.cli import training as cli_training
 from benchmarks.data import datasets
 from benchmarks.inference import classifiers
 from benchmarks.results import report
@@ -63,7 +64,7 @@ def main() -> None:
         sb_flags.config_from_flags(datasets.DataConfig),
         sb_flags.eval_config_from_flags(),
         FLAGS.output_dir,
-        train_fn=sb_flags.train_in_output_dir,
+        train_fn=cli_training.train_in_output_dir,
     )
     if report.is_writer():
         wall_time_s = time.perf_counter() - start

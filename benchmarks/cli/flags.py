@@ -24,12 +24,11 @@ import jax
 from absl import app, flags
 from absl import logging as absl_logging
 
-from benchmarks.core import evaluator, options, protocols, run_identity
+from benchmarks.core import evaluator, options, protocols
 from benchmarks.data import datasets
 from benchmarks.inference import classifiers
 from benchmarks.runtime import cluster
 from benchmarks.runtime.xla_defaults import configure_xla_cpu
-from benchmarks.training import train
 
 FLAGS = flags.FLAGS
 
@@ -183,36 +182,6 @@ def protocol_from_flags(image_shape: tuple[int, ...]) -> protocols.Protocol:
         return protocols.from_config(config, image_shape)
     except protocols.ProtocolError as e:
         raise FlagError(flag_message(str(e))) from None
-
-
-def train_in_output_dir(model, images, labels, config, workdir: str, identity: dict):
-    """`benchmarks.training.train.train` into `workdir` (under --output_dir) with the run
-    `identity`, its batches split over every device of every process; a checkpoint there of
-    another run is refused as one FlagError line naming what differs.
-
-    Returns:
-      The `TrainResult`.
-
-    Raises:
-      FlagError: --train_batch_size does not split over the devices, or the identity differs.
-    """
-    if config.batch_size % jax.device_count():
-        raise FlagError(
-            f"--train_batch_size={config.batch_size} is not divisible by the number of devices "
-            f"({jax.device_count()})."
-        )
-    try:
-        return train.train(
-            model,
-            images,
-            labels,
-            config,
-            os.path.join(workdir, "checkpoint"),
-            mesh=evaluator.default_mesh(),
-            identity=identity,
-        )
-    except run_identity.IdentityMismatch as e:
-        raise FlagError(f"--output_dir={FLAGS.output_dir}: {e} Use a new --output_dir.") from None
 
 
 def check_batch_size(batch_size: int) -> None:

@@ -1,5 +1,5 @@
 """The throughput benchmark end to end, the inference rewrites (benchmarks/inference/fastpath.py), the
-torch twins (benchmarks/studies/torch_reference.py, skipped without torch) and the evaluator's
+torch twins (benchmarks/studies/throughput/torch_twins.py, skipped without torch) and the evaluator's
 one-compile and chunk-budget contracts. No timed assertions: the benchmark prints the figures."""
 
 import importlib.util
@@ -17,7 +17,7 @@ from benchmarks.inference import classifiers, fastpath
 from benchmarks.runtime import xla_defaults
 from models import registry
 from models.architectures import small
-from models.layers import subsampling
+from models.layers import conv
 
 
 def _model(name, size, **fields):
@@ -66,7 +66,7 @@ class _ConvBNWithout(nn.Module):
 
     @nn.compact
     def __call__(self, x, train=False):
-        x = subsampling.Conv(2, 1, use_bias=False, name="conv")(x)
+        x = conv.Conv(2, 1, use_bias=False, name="conv")(x)
         bn = nn.BatchNorm(True, use_scale=self.use_scale, use_bias=self.use_bias, name="bn")
         return bn(x), {}
 
@@ -103,7 +103,7 @@ def test_conv1x1_as_dot_matches_numpy():
     class Net(nn.Module):
         @nn.compact
         def __call__(self, x, train=False):
-            return subsampling.Conv(5, 1, stride=2, padding="VALID")(x), {}
+            return conv.Conv(5, 1, stride=2, padding="VALID")(x), {}
 
     x = _images(2, 7)
     net = Net()
@@ -242,12 +242,12 @@ def test_torch_twin_matches_flax(name, size, fields):
     torch = pytest.importorskip("torch")
     if name.startswith("efficientnet"):
         pytest.importorskip("efficientnet_lite_pytorch")
-    from benchmarks.studies import torch_reference
+    from benchmarks.studies.throughput import torch_twins
 
     model, variables = _model(name, size, **fields)
     x = _images(3, size)
     flax_logits = np.asarray(jax.jit(lambda v, x: model.apply(v, x)[0])(variables, x))
-    twin = torch_reference.from_flax(model, variables, size).to(memory_format=torch.channels_last)
+    twin = torch_twins.from_flax(model, variables, size).to(memory_format=torch.channels_last)
     with torch.inference_mode():
         images = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2)
         torch_logits = twin(images.contiguous(memory_format=torch.channels_last)).numpy()
@@ -258,12 +258,12 @@ def test_torch_twin_matches_flax(name, size, fields):
 
 def test_torch_twin_rejects_models_without_one():
     pytest.importorskip("torch")
-    from benchmarks.studies import torch_reference
+    from benchmarks.studies.throughput import torch_twins
 
     for model in (small.vgg_small(), small.resnet20(stride_mode="blur")):
         variables = classifiers.random_variables(model, (16, 16, 3))
         with pytest.raises(ValueError, match="model"):
-            torch_reference.from_flax(model, variables)
+            torch_twins.from_flax(model, variables)
 
 
 # --- the benchmark, end to end ---------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 The throughput benchmark compares the evaluator with the way the published reference codes
 evaluate shift invariance: a PyTorch eager loop over the sweep, `model.eval()`, `no_grad`,
-channels_last. These are the same architectures written in `torch.nn`:
+channels_last (`benchmarks.studies.throughput.torch_loops`). These are the same architectures
+written in `torch.nn`:
 
 - `CifarResNet`: `models.architectures.small.CifarResNet` (resnet20/32/44/56) with shortcut 'A', head 'gap',
   stride_mode 'subsample' (the plain net the papers evaluate) or 'full' (no subsampling, the

@@ -389,18 +389,27 @@ class Evaluator:
             args = batch_input.global_batch(
                 images, lab, b * self.batch_size, self.batch_size, self._data_sharding
             )
-            out = self._step.jitted(
-                self._variables,
-                *args,
-                sweep_params,
-                sweep_entries,
-                reference_index,
-                sweep_pairs,
-                sweep_flip_pairs,
-                num_params=u,
-                chunk_size=chunk,
-                images_per_call=per_call,
-            )
+            try:
+                out = self._step.jitted(
+                    self._variables,
+                    *args,
+                    sweep_params,
+                    sweep_entries,
+                    reference_index,
+                    sweep_pairs,
+                    sweep_flip_pairs,
+                    num_params=u,
+                    chunk_size=chunk,
+                    images_per_call=per_call,
+                )
+            except NameError as e:  # e.g. flax BatchNorm(axis_name=...) in training mode
+                if "unbound axis name" not in str(e):
+                    raise
+                raise ValueError(
+                    f"apply_fn reduces over a named axis ({e}): a model in training mode? "
+                    "Evaluate it in inference mode, e.g. model.apply(variables, images, "
+                    "train=False) (BatchNorm with use_running_average=True)."
+                ) from None
             state.call_sizes = (chunk, per_call)
             if pending is not None:  # fetch the previous batch while this one runs
                 self._collect(state, *pending, state_path, save_every)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -437,3 +438,28 @@ def test_probabilities_are_refused_as_logits_and_taken_when_declared():
     want = evaluator.Evaluator(_apply, PROTO, cfg, variables=w).run(_batches(images, labels, 8))
     for name, value in want.metrics.items():
         np.testing.assert_allclose(got.metrics[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_a_model_in_training_mode_gets_a_clear_error():
+    """flax's examples put BatchNorm(axis_name='batch') in their ResNets: in training mode it
+    reduces over a named axis that plain jit does not have."""
+
+    class TrainModeNet(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool):
+            x = nn.BatchNorm(use_running_average=not train, axis_name="batch")(x)
+            return nn.Dense(K)(x.reshape(x.shape[0], -1))
+
+    model = TrainModeNet()
+    variables = model.init(jax.random.key(0), jnp.zeros((1, H, H, 1)), train=False)
+    images, labels = _data(n=8)
+    cfg = evaluator.EvalConfig(batch_size=8, chunk_size=5)
+
+    def training_mode(v, x):
+        return model.apply(v, x, train=True, mutable=["batch_stats"])[0]
+
+    with pytest.raises(ValueError, match="train=False"):
+        evaluator.Evaluator(training_mode, PROTO, cfg, variables=variables).run([(images, labels)])
+    inference = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
+    res = evaluator.Evaluator(inference, PROTO, cfg, variables=variables).run([(images, labels)])
+    assert res.num_images == 8

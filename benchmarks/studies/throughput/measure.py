@@ -65,7 +65,8 @@ def _warm_up(
         if key == "torch_compile":
             try:
                 results[key] = run()
-            except Exception as e:  # Inductor needs a C++ compiler; report, do not fail
+            # Inductor needs a C++ compiler: report its failure, do not fail the run.
+            except Exception as e:  # noqa: BLE001
                 del runners[key]
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
                 note = f"torch.compile failed, (e) skipped: {first}"

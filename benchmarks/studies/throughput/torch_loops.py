@@ -77,7 +77,7 @@ def make_torch_loop(
       (runner -> top-1 [T, N] (batches concatenated), the eager twin).
     """
     torch = _torch()
-    from benchmarks.studies.throughput import torch_twins  # imports torch: loaded here too
+    from benchmarks.studies.throughput import torch_twins  # imports torch: lazy, as `_torch`
 
     if threads:
         torch.set_num_threads(threads)

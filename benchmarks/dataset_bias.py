@@ -35,7 +35,6 @@ from benchmarks.cli import flags as sb_flags
 from benchmarks.cli import training as cli_training
 from benchmarks.data import datasets
 from benchmarks.inference import classifiers
-from benchmarks.results import report
 from benchmarks.studies import bias_experiment, box_survey
 
 FLAGS = flags.FLAGS
@@ -72,7 +71,6 @@ def run_stats() -> None:
 
 def run_experiment() -> None:
     """--mode=experiment: trains one net per bias, writes the table and plots."""
-    start = time.perf_counter()
     if not FLAGS.offsets or not all(o.isdigit() for o in FLAGS.offsets):
         raise sb_flags.FlagError(f"--offsets={','.join(FLAGS.offsets)} must be ints >= 0 (px).")
     config = sb_flags.config_from_flags(
@@ -82,18 +80,7 @@ def run_experiment() -> None:
         model=sb_flags.config_from_flags(classifiers.ModelConfig),
     )
     sb_flags.check_batch_size(FLAGS.batch_size)
-    results = bias_experiment.run(
-        config,
-        sb_flags.config_from_flags(datasets.DataConfig),
-        sb_flags.eval_config_from_flags(),
-        FLAGS.output_dir,
-        train_fn=cli_training.train_in_output_dir,
-    )
-    if report.is_writer():
-        wall_time_s = time.perf_counter() - start
-        bias_experiment.write_experiment(
-            FLAGS.output_dir, results, sb_flags.flag_values(), wall_time_s
-        )
+    cli_training.run_study(bias_experiment.run, bias_experiment.write_experiment, config)
 
 
 def main() -> None:

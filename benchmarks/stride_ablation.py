@@ -22,15 +22,11 @@ The work is `benchmarks.studies.ablation` (training and measuring) and
 
 from __future__ import annotations
 
-import time
-
 from absl import flags
 
 from benchmarks.cli import flags as sb_flags
 from benchmarks.cli import training as cli_training
-from benchmarks.data import datasets
 from benchmarks.inference import classifiers
-from benchmarks.results import report
 from benchmarks.studies import ablation, ablation_summary
 
 FLAGS = flags.FLAGS
@@ -49,7 +45,6 @@ sb_flags.define_config_flags(ablation.AblationConfig)
 def main() -> None:
     sb_flags.join_cluster()
     sb_flags.check_batch_size(FLAGS.batch_size)
-    start = time.perf_counter()
     if not FLAGS.seeds or not all(s.isdigit() for s in FLAGS.seeds):
         raise sb_flags.FlagError(f"--seeds={','.join(FLAGS.seeds)} must be non-negative ints.")
     config = sb_flags.config_from_flags(
@@ -59,18 +54,7 @@ def main() -> None:
         protocols=tuple(FLAGS.protocols),
         model=sb_flags.config_from_flags(classifiers.ModelConfig),
     )
-    results = ablation.run(
-        config,
-        sb_flags.config_from_flags(datasets.DataConfig),
-        sb_flags.eval_config_from_flags(),
-        FLAGS.output_dir,
-        train_fn=cli_training.train_in_output_dir,
-    )
-    if report.is_writer():
-        wall_time_s = time.perf_counter() - start
-        ablation_summary.write_ablation(
-            FLAGS.output_dir, results, sb_flags.flag_values(), wall_time_s
-        )
+    cli_training.run_study(ablation.run, ablation_summary.write_ablation, config)
 
 
 if __name__ == "__main__":

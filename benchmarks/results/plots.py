@@ -201,14 +201,16 @@ def plot_lines(
     title: str = "",
     errors: Mapping[str, Sequence[float]] | None = None,
 ) -> None:
-    """PNG of several named series against a shared x (e.g. a metric against depth), with
-    `errors` (name -> standard errors alike) as error bars where given."""
+    """PNG of several named non-negative series against a shared x (e.g. a metric against
+    depth; the y axis starts at 0), with `errors` (name -> standard errors alike) as error bars
+    where given."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.8), layout="constrained")
     for i, (name, ys) in enumerate(series.items()):
         err = None if errors is None else errors.get(name)
         ax.errorbar(x, ys, yerr=err, fmt="o-", color=f"C{i}", label=name, capsize=3)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.set_ylim(bottom=0)  # rates and errors: a zoomed axis would exaggerate differences
     ax.set_xticks(list(x))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -179,7 +179,7 @@ def write_ablation(
             for n, r in zip(names, results)
         },
         "relative equivariance error",
-        "feature equivariance (circular shifts, multiples of each stage's stride)",
+        "feature equivariance\n(circular shifts, multiples of each stage's stride)",
     )
     columns = ["variant", "seed"] + [c for c in rows[0] if c not in ("variant", "seed")]
     print(report.markdown_table(rows, columns, digits=3))

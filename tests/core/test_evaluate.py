@@ -463,3 +463,16 @@ def test_a_model_in_training_mode_gets_a_clear_error():
     inference = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
     res = evaluator.Evaluator(inference, PROTO, cfg, variables=variables).run([(images, labels)])
     assert res.num_images == 8
+
+
+def test_repeated_evaluate_calls_reuse_the_compiled_function():
+    images, labels = _data(n=16)
+    w = _weights()
+    own = lambda v, x: _apply(v, x)  # noqa: E731  (a function no other test compiled)
+    cfg = evaluator.EvalConfig(batch_size=8, chunk_size=5)
+    first = evaluator.evaluate(own, _batches(images, labels, 8), PROTO, cfg, variables=w)
+    # The same model, a protocol built again with the same options, the same shapes.
+    again = protocols.build("circular", (H, H, 1), max_shift=2)
+    second = evaluator.evaluate(own, _batches(images, labels, 8), again, cfg, variables=w)
+    assert first.compile_count == second.compile_count == 1
+    assert first.metrics == second.metrics

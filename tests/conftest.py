@@ -28,6 +28,9 @@ _LONG_FIRST = (
     "test_invariance_cli.py",
     "test_dataset_bias.py",
     "test_throughput.py",
+    "test_interrupt.py",
+    "test_readme.py",
+    "test_compare.py",
 )
 
 

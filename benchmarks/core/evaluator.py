@@ -140,7 +140,8 @@ class EvalResult:
       curve_labels: [num_curves] their labels.
       num_images: images evaluated.
       num_batches: batches evaluated.
-      compile_count: how many times the batch function was traced (1 after any evaluation).
+      compile_count: how many times the shared batch function was traced, by every evaluator
+        of the same classifier and transform (1 after any number of sweeps of one shape).
       call_sizes: (chunk_size, images_per_call) the model calls used.
       identity: the run identity (`benchmarks.core.run_identity`) stored with the state.
       wall_time_s: seconds spent in `run`.

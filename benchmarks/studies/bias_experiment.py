@@ -195,38 +195,42 @@ def load_digits(data: datasets.DataConfig, config: ExperimentConfig) -> Digits:
 
 
 def evaluate_positions(
-    evaluator_at: Callable[[protocols.Protocol], evaluator.Evaluator],
+    apply_fn: Callable[..., jax.Array],
+    variables: Any,
     protocol: protocols.Protocol,
+    eval_config: evaluator.EvalConfig,
     test: tuple[np.ndarray, np.ndarray],
     geo: Geometry,
-    batch_size: int,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], int]:
     """Accuracy and P(top-1 change) of the test digits at each distance r (averaged over the
     positions at r; stderr is the mean of their standard errors, an upper bound of the
     standard error of the average whatever the correlation between positions).
 
-    `evaluator_at(protocol)` gives the evaluator of one position's local sweep; every
-    position shares one compiled function (the same classifier and transform).
+    Every position's evaluator shares one compiled function (the same classifier and
+    transform, another sweep).
 
     Args:
+      apply_fn, variables: the classifier, as `evaluator.Evaluator` takes them.
       protocol: `bias_stats.placement_protocol` (its sweep is replaced per position).
+      eval_config: the evaluator's settings.
       test: digit boxes [N, b, b, C] and labels [N].
       geo: the test positions.
-      batch_size: global images per batch.
 
     Returns:
-      One row per offset r: {'offset', 'radius' (mean distance of its positions, px),
+      (one row per offset r: {'offset', 'radius' (mean distance of its positions, px),
       'accuracy', 'accuracy_stderr', 'sweep_accuracy', 'p_top1_change',
-      'p_top1_change_stderr', 'positions': [the same per position, with its 'position']}.
+      'p_top1_change_stderr', 'positions': [the same per position, with its 'position']},
+      the times the shared batch function was traced).
     """
-    batches = datasets.local_batches(*test, batch_size)
+    batches = datasets.local_batches(*test, eval_config.batch_size)
     rows = []
     for r in geo.offsets:
         positions = bias_stats.ring_offsets(r, geo.num_directions)
         per_position = []
         for p in positions:
             local = protocol.with_sweep(p + geo.local, geo.reference_index)
-            res = evaluator_at(local).run(batches, progress_every=0)
+            ev = evaluator.Evaluator(apply_fn, local, eval_config, variables=variables)
+            res = ev.run(batches, progress_every=0)
             per_position.append(
                 {
                     "position": p,
@@ -246,7 +250,7 @@ def evaluate_positions(
                 "positions": per_position,
             }
         )
-    return rows
+    return rows, res.compile_count
 
 
 def run_bias(
@@ -321,15 +325,12 @@ def run_bias(
         digits.test[0].shape[1:], geo.canvas_size, geo.digit_size
     )
     logits, variables = clf.inference(protocol.output_shape, config.fast)
-    evaluators = []
-
-    def evaluator_at(local: protocols.Protocol) -> evaluator.Evaluator:
-        evaluators.append(evaluator.Evaluator(logits, local, eval_config, variables=variables))
-        return evaluators[-1]
 
     placed = bias_stats.placement_boxes(offsets, geo.canvas_size, geo.digit_size)
     summary = bias_stats.summarize(placed, config.central_fraction)
-    rows = evaluate_positions(evaluator_at, protocol, digits.test, geo, eval_config.batch_size)
+    rows, compile_count = evaluate_positions(
+        logits, variables, protocol, eval_config, digits.test, geo
+    )
     result = {
         "bias": bias.name,
         "fingerprint": fingerprint,
@@ -340,7 +341,7 @@ def run_bias(
             bias_stats.centre_heatmap(bias_stats.box_centres(placed), geo.canvas_size)
         ),
         "offsets": rows,
-        "compile_count": evaluators[-1].compile_count,  # shared by every position (evaluated first)
+        "compile_count": compile_count,  # of the function every position shares
     }
     report.write_json(os.path.join(workdir, "result.json"), result)
     return result
